@@ -1,0 +1,11 @@
+//! selfsup: self-supervised representation learning and in-context learning on burn.
+//!
+//! Data flows one way: `data` → `methods` (+ `nn`) → `train` → `eval` / `report`.
+
+pub mod data;
+pub mod eval;
+pub mod lm;
+pub mod methods;
+pub mod nn;
+pub mod report;
+pub mod train;
