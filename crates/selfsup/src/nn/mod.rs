@@ -1,1 +1,9 @@
-//! nn
+//! Building blocks: encoders (ResNet family, ConvNet), MLP heads, BatchNorm.
+
+pub mod batchnorm;
+pub mod encoder;
+pub mod mlp;
+
+pub use batchnorm::BatchNorm;
+pub use encoder::{Encoder, EncoderConfig};
+pub use mlp::Mlp;

@@ -1,0 +1,107 @@
+//! Optimizers for the shared trainer: AdamW and SGD from burn, and LARS (You et al. 2017,
+//! "Large Batch Training of Convolutional Networks") as used by SimCLR and BYOL.
+
+use anyhow::{bail, Result};
+use burn::optim::{
+    decay::WeightDecayConfig, momentum::MomentumConfig, AdamWConfig, ModuleOptimizer, Optimizer,
+    RecordState, SgdConfig, StateSink, StateSource,
+};
+use burn::prelude::*;
+
+/// LARS with momentum. Parameters of rank 1 — biases and BatchNorm weights — are excluded from
+/// weight decay and from the trust-ratio adaptation, as in SimCLR's and BYOL's recipes.
+///
+/// For a weight w with gradient g: u = g + λw; r = η‖w‖ / ‖u‖ (1 if either norm is 0);
+/// v ← m·v + r·u; w ← w − lr·v.
+#[derive(Clone, Debug)]
+pub struct Lars {
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub eta: f64,
+}
+
+/// LARS per-parameter state: the momentum buffer.
+#[derive(Clone)]
+pub struct LarsState<const D: usize> {
+    pub velocity: Tensor<D>,
+}
+
+impl<const D: usize> RecordState for LarsState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        out.push_tensor(prefix, "velocity", self.velocity.clone().into_data());
+    }
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        let data = src.take_tensor(prefix, "velocity")?;
+        Some(Self {
+            velocity: Tensor::from_data(data, device),
+        })
+    }
+}
+
+impl Optimizer for Lars {
+    type State<const D: usize> = LarsState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: f64,
+        w: Tensor<D>,
+        g: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let update = if D == 1 {
+            g
+        } else {
+            let u = g + w.clone().mul_scalar(self.weight_decay);
+            let w_norm = w.clone().square().sum().sqrt();
+            let u_norm = u.clone().square().sum().sqrt();
+            let ratio = w_norm.clone().mul_scalar(self.eta) / u_norm.clone().clamp_min(1e-30);
+            // Trust ratio 1 where either norm is zero (fresh zero-init weights, zero gradients).
+            let degenerate = w_norm.equal_elem(0.0).bool_or(u_norm.equal_elem(0.0));
+            let ratio = ratio.mask_fill(degenerate, 1.0);
+            u * ratio.unsqueeze()
+        };
+        let velocity = match state {
+            Some(s) => s.velocity.mul_scalar(self.momentum) + update,
+            None => update,
+        };
+        let w = w - velocity.clone().mul_scalar(lr);
+        (w, Some(LarsState { velocity }))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        LarsState {
+            velocity: state.velocity.to_device(device),
+        }
+    }
+}
+
+/// Builds the named optimizer.
+pub fn build_optimizer(name: &str, weight_decay: f64, momentum: f64) -> Result<ModuleOptimizer> {
+    Ok(match name {
+        "adamw" => AdamWConfig::new()
+            .with_weight_decay(weight_decay as f32)
+            .with_epsilon(1e-8)
+            .init(),
+        "sgd" => SgdConfig::new()
+            .with_momentum(Some(MomentumConfig::new().with_momentum(momentum)))
+            .with_weight_decay(Some(WeightDecayConfig::new(weight_decay as f32)))
+            .init(),
+        "lars" => ModuleOptimizer::from(Lars {
+            momentum,
+            weight_decay,
+            eta: 0.001,
+        }),
+        other => bail!("unknown optimizer `{other}`: expected adamw, sgd or lars"),
+    })
+}
+
+/// Linear warmup from 0 to `base` over `warmup` steps, then cosine decay to `base·final_frac`.
+pub fn lr_at(step: usize, total: usize, warmup: usize, base: f64, final_frac: f64) -> f64 {
+    if step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let t = ((step - warmup) as f64 / span as f64).min(1.0);
+    let end = base * final_frac;
+    end + (base - end) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+}
