@@ -14,12 +14,16 @@
 //! Bad input gives one error naming the file and the cause; nothing panics, nothing is skipped
 //! silently.
 
+pub mod augment;
 pub mod cifar;
 pub mod digits;
 pub mod folder;
 pub mod idx;
+pub mod loader;
 pub(crate) mod resample;
 
+pub use augment::{augment_image, AugmentConfig};
+pub use loader::{Prefetcher, ViewBatch, ViewLoader};
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
