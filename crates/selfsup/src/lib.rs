@@ -2,10 +2,12 @@
 //!
 //! Data flows one way: `data` → `methods` (+ `nn`) → `train` → `eval` / `report`.
 
+pub mod config;
 pub mod data;
 pub mod eval;
 pub mod lm;
 pub mod methods;
 pub mod nn;
+pub mod pipeline;
 pub mod report;
 pub mod train;
