@@ -1,1 +1,418 @@
-fn main() {}
+//! The `selfsup` command: clap commands that call the library, nothing more.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rand::SeedableRng;
+use selfsup::config::{parse_set, PretrainConfig};
+use selfsup::data::augment::{augment_image, AugmentConfig};
+use selfsup::eval::{EvalConfig, LabelBudget};
+use selfsup::experiment::{self, DemoOptions};
+use selfsup::pipeline::{self, RunOptions};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "selfsup", version, about = "Self-supervised learning: pretrain on unlabeled images, then evaluate with few labels")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The main job: SimCLR on the embedded digits, then a label-efficiency table (no setup, no network).
+    Demo(DemoArgs),
+    /// Pretrain an encoder on unlabeled images (or continue a run with --resume).
+    Pretrain(PretrainArgs),
+    /// Linear probe on frozen, standardized features of a run's encoder.
+    Probe(EvalArgs),
+    /// kNN classification (cosine, temperature-weighted votes) on frozen features of a run's encoder.
+    Knn(EvalArgs),
+    /// Write a run's representations and labels as .npy files.
+    Embed(EmbedArgs),
+    /// Write a PNG grid of images and their augmented views, to look before training.
+    Augment(AugmentArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// Seed for every random choice; the same seed gives the same numbers on the same machine.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Compute device: cpu, cuda or cuda:N (cuda needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Run folder for the demo's SimCLR pretraining (replaced if it exists).
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    /// Label draws per budget (mean ± std over draws).
+    #[arg(long, default_value_t = 5)]
+    draws: usize,
+    /// Pretraining epochs (default: the tuned value).
+    #[arg(long)]
+    epochs: Option<usize>,
+}
+
+#[derive(Args)]
+struct PretrainArgs {
+    #[command(flatten)]
+    common: Common,
+    /// simclr
+    #[arg(long)]
+    method: Option<String>,
+    /// Dataset: digits, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, folder:DIR
+    #[arg(long)]
+    data: Option<String>,
+    /// New run folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint.
+    #[arg(long, conflicts_with_all = ["out", "config", "method", "data"])]
+    resume: Option<PathBuf>,
+    /// A config.toml (same keys as a run's config.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Encoder preset: tiny, convnet, resnet18, resnet10, resnet6 (add -wN for base width N). Key: encoder.
+    #[arg(long)]
+    encoder: Option<String>,
+    /// Key train.epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Key train.minutes: a wall-time budget instead of epochs.
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Key train.batch_size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Key train.lr.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Key train.optimizer: adamw, sgd or lars.
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Key train.weight_decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Key train.warmup_epochs.
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// Key train.grad_clip (global norm).
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    /// Key simclr.temperature.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Key input_size: side of the images the encoder sees.
+    #[arg(long)]
+    input_size: Option<usize>,
+    /// Set any config key: --set augment.crop_scale=[0.5,1.0] (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Run folder of a pretrained encoder; or `pixels` for raw pixels, `random` for a random encoder
+    /// (needs --data).
+    #[arg(long)]
+    run: String,
+    /// Dataset with labels and a test split (default: the run's dataset).
+    #[arg(long)]
+    data: Option<String>,
+    /// Label budgets: N/class or P% (comma-separated).
+    #[arg(long, default_value = "1/class,10/class,100%", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Label draws per budget.
+    #[arg(long, default_value_t = 5)]
+    draws: usize,
+    /// kNN: neighbours.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    /// kNN: vote temperature.
+    #[arg(long, default_value_t = 0.07)]
+    knn_temperature: f64,
+    /// Linear probe: L2 penalty on the mean cross-entropy.
+    #[arg(long)]
+    l2: Option<f64>,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// Dataset (default: the run's).
+    #[arg(long)]
+    data: Option<String>,
+    /// Output folder: writes {train,test}_embeddings.npy and {train,test}_labels.npy.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct AugmentArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Dataset spec.
+    #[arg(long, default_value = "digits")]
+    data: String,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of images (rows).
+    #[arg(long, default_value_t = 8)]
+    images: usize,
+    /// Augmented views per image (columns after the original).
+    #[arg(long, default_value_t = 6)]
+    views: usize,
+    /// Output side (default: the dataset's).
+    #[arg(long)]
+    input_size: Option<usize>,
+    /// A run's config.toml whose [augment] table to use (default: the SimCLR recipe).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Set an augmentation key: --set crop_scale=[0.5,1.0] (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Pixel upscaling of the grid.
+    #[arg(long, default_value_t = 8)]
+    scale: usize,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(a) => demo(a),
+        Command::Pretrain(a) => pretrain(a),
+        Command::Probe(a) => evaluate(a, true),
+        Command::Knn(a) => evaluate(a, false),
+        Command::Embed(a) => embed(a),
+        Command::Augment(a) => augment(a),
+    }
+}
+
+fn options(c: &Common) -> Result<RunOptions> {
+    Ok(RunOptions { device: pipeline::parse_device(&c.device)?, progress: true })
+}
+
+fn write_json<T: serde::Serialize>(path: &Option<PathBuf>, value: &T) -> Result<()> {
+    if let Some(p) = path {
+        let text = serde_json::to_string_pretty(value)?;
+        selfsup::train::checkpoint::write_atomic(p, text.as_bytes())?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn demo(a: DemoArgs) -> Result<()> {
+    let opts = DemoOptions { seed: a.common.seed, out: a.out, draws: a.draws, epochs: a.epochs, run: options(&a.common)? };
+    eprintln!("selfsup demo: SimCLR on the embedded UCI digits (8×8), then linear probe and kNN with few labels");
+    let report = experiment::demo(&opts)?;
+    println!(
+        "SimCLR pretraining: {} steps in {:.0} s, final loss {:.3}; {} train / {} test images; mean ± std over {} label draws\n",
+        report.pretrain.steps,
+        report.pretrain.train_seconds,
+        report.pretrain.final_loss.unwrap_or(f64::NAN),
+        report.train_images,
+        report.test_images,
+        report.draws
+    );
+    print!("{}", experiment::format_table(&report.rows));
+    write_json(&a.common.json, &report)
+}
+
+fn pretrain(a: PretrainArgs) -> Result<()> {
+    let opts = options(&a.common)?;
+    if let Some(dir) = &a.resume {
+        let report = pipeline::resume(dir, &opts)?;
+        print_pretrain(&report);
+        return write_json(&a.common.json, &report);
+    }
+    let out = a.out.clone().context("--out RUN_DIR is required for a new run (or --resume RUN_DIR)")?;
+    let mut sets: Vec<(String, String)> = vec![];
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            sets.push((k.to_string(), v));
+        }
+    };
+    put("method", a.method.as_ref().map(|m| format!("\"{m}\"")));
+    put("data", a.data.as_ref().map(|d| format!("\"{d}\"")));
+    put("seed", Some(a.common.seed.to_string()));
+    put("train.epochs", a.epochs.map(|v| v.to_string()));
+    put("train.minutes", a.minutes.map(|v| v.to_string()));
+    put("train.batch_size", a.batch_size.map(|v| v.to_string()));
+    put("train.lr", a.lr.map(|v| format!("{v:?}")));
+    put("train.optimizer", a.optimizer.as_ref().map(|v| format!("\"{v}\"")));
+    put("train.weight_decay", a.weight_decay.map(|v| format!("{v:?}")));
+    put("train.warmup_epochs", a.warmup_epochs.map(|v| format!("{v:?}")));
+    put("train.grad_clip", a.grad_clip.map(|v| format!("{v:?}")));
+    put("simclr.temperature", a.temperature.map(|v| format!("{v:?}")));
+    put("input_size", a.input_size.map(|v| v.to_string()));
+    for s in &a.set {
+        sets.push(parse_set(s)?);
+    }
+    let mut cfg = match &a.config {
+        Some(p) => PretrainConfig::load(p, &sets)?,
+        None => {
+            let method = a.method.clone().unwrap_or_else(|| "simclr".into());
+            let data = a.data.clone().context("--data SPEC is required (or --config FILE)")?;
+            PretrainConfig::new(&method, &data).with_overrides(&sets)?
+        }
+    };
+    if let Some(e) = &a.encoder {
+        cfg.encoder = selfsup::nn::EncoderConfig::preset(e)?;
+    }
+    cfg.validate()?;
+    let report = pipeline::pretrain(&cfg, &out, &opts)?;
+    print_pretrain(&report);
+    write_json(&a.common.json, &report)
+}
+
+fn print_pretrain(r: &pipeline::PretrainReport) {
+    let status = if r.interrupted { "interrupted (resume with --resume)" } else { "done" };
+    println!(
+        "{}: {status}: {}/{} steps, final loss {:.4}, {:.0} s of training",
+        r.run_dir.display(),
+        r.steps,
+        r.total_steps,
+        r.final_loss.unwrap_or(f64::NAN),
+        r.train_seconds
+    );
+}
+
+fn evaluate(a: EvalArgs, linear: bool) -> Result<()> {
+    let opts = options(&a.common)?;
+    let budgets: Vec<LabelBudget> = a.labels.iter().map(|b| b.parse()).collect::<Result<_>>()?;
+    let (set, data) = match a.run.as_str() {
+        "pixels" | "random" => {
+            let data = a.data.clone().context("--run pixels/random needs --data SPEC")?;
+            (a.run.clone(), data)
+        }
+        dir => {
+            let run = pipeline::load_run(Path::new(dir), &opts.device)?;
+            (dir.to_string(), a.data.clone().unwrap_or(run.cfg.data.clone()))
+        }
+    };
+    let splits = pipeline::load_data(&data)?;
+    let test = splits.test.with_context(|| format!("dataset `{data}` has no test split to evaluate on"))?;
+    let train = splits.train;
+    let features = match set.as_str() {
+        "pixels" => experiment::pixel_features(&train, &test),
+        "random" => {
+            let mut cfg = PretrainConfig::new("simclr", &data);
+            cfg.seed = a.common.seed;
+            let enc = pipeline::build_simclr(&cfg, train.channels, &opts.device).encoder;
+            experiment::encoder_features("random", &enc, &train, &test, (train.height, train.width), &opts)
+        }
+        dir => {
+            let run = pipeline::load_run(Path::new(dir), &opts.device)?;
+            let hw = pipeline::input_hw(&run.cfg, &train);
+            experiment::encoder_features(dir, &run.encoder, &train, &test, hw, &opts)
+        }
+    };
+    let mut ecfg = EvalConfig { draws: a.draws, seed: a.common.seed, k: a.k, temperature: a.knn_temperature, ..Default::default() };
+    if let Some(l2) = a.l2 {
+        ecfg.probe.l2 = l2;
+    }
+    let rows = experiment::label_efficiency(&[features], &train, &test, &budgets, &ecfg)?;
+    let title = if linear { "linear probe" } else { "kNN" };
+    println!("{title} test accuracy (%), mean ± std over {} label draws, {} test images", a.draws, test.len());
+    for r in &rows {
+        let (m, s) = if linear { (r.linear_mean, r.linear_std) } else { (r.knn_mean, r.knn_std) };
+        println!("  {:>10}  {:5.1} ± {:4.1}", r.budget, 100.0 * m, 100.0 * s);
+    }
+    let out: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let (m, s, runs) =
+                if linear { (r.linear_mean, r.linear_std, &r.linear_runs) } else { (r.knn_mean, r.knn_std, &r.knn_runs) };
+            serde_json::json!({"features": r.features, "budget": r.budget, "method": title, "mean": m, "std": s, "runs": runs})
+        })
+        .collect();
+    write_json(&a.common.json, &out)
+}
+
+fn embed(a: EmbedArgs) -> Result<()> {
+    let opts = options(&a.common)?;
+    let run = pipeline::load_run(&a.run, &opts.device)?;
+    let data = a.data.clone().unwrap_or(run.cfg.data.clone());
+    let splits = pipeline::load_data(&data)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let hw = pipeline::input_hw(&run.cfg, &splits.train);
+    let mut written = vec![];
+    for (name, ds) in [("train", Some(&splits.train)), ("test", splits.test.as_ref())] {
+        let Some(ds) = ds else { continue };
+        let h = pipeline::embed(&run.encoder, ds, hw, &opts.device, 256);
+        let d = h.len() / ds.len().max(1);
+        let p = a.out.join(format!("{name}_embeddings.npy"));
+        selfsup::eval::write_npy_f32(&p, &h, &[ds.len(), d])?;
+        written.push(p.display().to_string());
+        if let Some(labels) = &ds.labels {
+            let l: Vec<i64> = labels.iter().map(|&v| v as i64).collect();
+            let p = a.out.join(format!("{name}_labels.npy"));
+            selfsup::eval::write_npy_i64(&p, &l, &[l.len()])?;
+            written.push(p.display().to_string());
+        }
+        println!("{name}: {} × {d} representations", ds.len());
+    }
+    for w in &written {
+        println!("wrote {w}");
+    }
+    write_json(&a.common.json, &serde_json::json!({ "files": written }))
+}
+
+fn augment(a: AugmentArgs) -> Result<()> {
+    let splits = pipeline::load_data(&a.data)?;
+    let ds = splits.train;
+    if ds.is_empty() {
+        bail!("dataset `{}` is empty", a.data);
+    }
+    let mut cfg = match &a.config {
+        Some(p) => PretrainConfig::load(p, &[])?.augment,
+        None => AugmentConfig::simclr(),
+    };
+    if !a.set.is_empty() {
+        let mut value = toml::Value::try_from(&cfg)?;
+        for s in &a.set {
+            let (k, v) = parse_set(s)?;
+            selfsup::config::set_key(&mut value, &k, &v)?;
+        }
+        cfg = value.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("--set: {}", e.message()))?;
+    }
+    let side = a.input_size;
+    let (oh, ow) = side.map(|s| (s, s)).unwrap_or((ds.height, ds.width));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.common.seed);
+    let mut cells: Vec<Vec<f32>> = vec![];
+    let identity = AugmentConfig::none();
+    for i in 0..a.images.min(ds.len()) {
+        let idx = i * ds.len() / a.images.min(ds.len());
+        let img = ds.image(idx);
+        cells.push(augment_image(img, ds.channels, ds.height, ds.width, oh, ow, &identity, &mut rng));
+        for _ in 0..a.views {
+            cells.push(augment_image(img, ds.channels, ds.height, ds.width, oh, ow, &cfg, &mut rng));
+        }
+    }
+    let refs: Vec<&[f32]> = cells.iter().map(|c| c.as_slice()).collect();
+    selfsup::report::grid::save_grid(&a.out, &refs, ds.channels, oh, ow, a.views + 1, a.scale)?;
+    println!("wrote {} ({} images × (original + {} views))", a.out.display(), a.images.min(ds.len()), a.views);
+    Ok(())
+}

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod experiment;
 pub mod lm;
 pub mod methods;
 pub mod nn;

@@ -6,9 +6,9 @@ use crate::data::augment::{augment_image, AugmentConfig};
 use crate::data::loader::ViewLoader;
 use crate::data::{self, ImageDataset, LoadOptions, Splits};
 use crate::methods::simclr::SimClr;
-use crate::methods::ImageMethod;
+use crate::methods::{ImageMethod, Objective};
 use crate::nn::Encoder;
-use crate::train::{self, checkpoint, FitSpec, Outcome, RunDir, RunState, Trainable};
+use crate::train::{self, checkpoint, FitSpec, Outcome, RunDir, RunState};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use rand::SeedableRng;
@@ -73,22 +73,6 @@ pub fn load_data(spec: &str) -> Result<Splits> {
     data::load(spec, &LoadOptions::default())
 }
 
-/// A trainable image method over views: wraps any [`ImageMethod`].
-#[derive(burn::module::Module, Debug)]
-pub struct ViewTrainer<M: ImageMethod> {
-    pub method: M,
-}
-
-impl<M: ImageMethod> Trainable for ViewTrainer<M> {
-    type Batch = Vec<Tensor<4>>;
-    fn loss(&self, batch: Vec<Tensor<4>>) -> Tensor<1> {
-        self.method.loss(batch)
-    }
-    fn after_step(self, step: usize, total: usize) -> Self {
-        Self { method: self.method.after_step(step, total) }
-    }
-}
-
 /// Builds the method a config names, seeded.
 pub fn build_simclr(cfg: &PretrainConfig, channels: usize, device: &Device) -> SimClr {
     device.seed(cfg.seed);
@@ -122,7 +106,7 @@ fn run_pretraining(
     match cfg.method.as_str() {
         "simclr" => {
             let device = opts.device.clone().autodiff();
-            let model = ViewTrainer { method: build_simclr(cfg, train_set.channels, &device) };
+            let model = build_simclr(cfg, train_set.channels, &device);
             run_views(cfg, run, train_set, opts, resume, model, 2)
         }
         m => bail!("unknown method `{m}`"),
@@ -135,7 +119,7 @@ fn run_views<M: ImageMethod>(
     train_set: ImageDataset,
     opts: &RunOptions,
     resume: bool,
-    model: ViewTrainer<M>,
+    model: M,
     views: usize,
 ) -> Result<PretrainReport> {
     let device = opts.device.clone().autodiff();
@@ -199,7 +183,7 @@ fn run_views<M: ImageMethod>(
 
 /// Times a few forward/backward passes of a throw-away model to turn a minutes budget into steps.
 fn calibrate_steps(cfg: &PretrainConfig, loader: &ViewLoader, channels: usize, device: &Device, minutes: f64) -> Result<usize> {
-    let probe = ViewTrainer { method: build_simclr(cfg, channels, device) };
+    let probe = build_simclr(cfg, channels, device);
     let mut times = vec![];
     for step in 0..4 {
         let vb = loader.batch(step);
@@ -208,8 +192,8 @@ fn calibrate_steps(cfg: &PretrainConfig, loader: &ViewLoader, channels: usize, d
             .views
             .into_iter()
             .map(|v| Tensor::<4>::from_data(TensorData::new(v, [vb.n, vb.c, vb.h, vb.w]), device))
-            .collect();
-        let loss = probe.loss(views);
+            .collect::<Vec<_>>();
+        let loss = Objective::loss(&probe, views);
         let _ = loss.backward();
         times.push(t0.elapsed().as_secs_f64());
     }
@@ -234,8 +218,8 @@ pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
     let channels = channels_of(&cfg)?;
     let encoder = match cfg.method.as_str() {
         "simclr" => {
-            let m = ViewTrainer { method: SimClr::new(&cfg.encoder, &cfg.simclr, channels, device) };
-            checkpoint::load_weights(m, &run.weights(), false)?.method.encoder
+            let m = SimClr::new(&cfg.encoder, &cfg.simclr, channels, device);
+            checkpoint::load_weights(m, &run.weights(), false)?.encoder
         }
         m => bail!("{}: unknown method `{m}`", run.config().display()),
     };

@@ -121,7 +121,7 @@ impl SimClr {
     }
 
     /// Loss for two views of the same N images, each [N, C, H, W].
-    pub fn loss(&self, view1: Tensor<4>, view2: Tensor<4>) -> Tensor<1> {
+    pub fn loss_views(&self, view1: Tensor<4>, view2: Tensor<4>) -> Tensor<1> {
         // Both views go through one forward pass, so BatchNorm sees all 2N images.
         let x = Tensor::cat(vec![view1, view2], 0);
         let z = self.projector.forward(self.encoder.forward(x));

@@ -13,21 +13,12 @@ use anyhow::{bail, Context, Result};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+use crate::methods::Objective;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-/// A model the trainer can optimize: a scalar loss on a batch, and a hook after each step.
-pub trait Trainable: Module + Sized {
-    type Batch;
-    fn loss(&self, batch: Self::Batch) -> Tensor<1>;
-    /// Called after each optimizer step with (steps done, total steps): BYOL's EMA lives here.
-    fn after_step(self, _step: usize, _total: usize) -> Self {
-        self
-    }
-}
 
 /// Optimization hyperparameters (the `[train]` table of a run's config.toml).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -259,7 +250,7 @@ pub type Timed<B> = (B, f64);
 ///
 /// `batches` yields the batches for steps `state.step..total_steps` in order. On a NaN/Inf loss
 /// it stops with an error and does not overwrite the last good checkpoint.
-pub fn fit<M: Trainable>(
+pub fn fit<M: Objective>(
     mut model: M,
     mut opt: ModuleOptimizer,
     mut state: RunState,
