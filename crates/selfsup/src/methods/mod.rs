@@ -1,1 +1,3 @@
 //! methods
+
+pub mod clm;

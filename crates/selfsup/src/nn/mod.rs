@@ -1,1 +1,3 @@
 //! nn
+
+pub mod transformer;
