@@ -1,3 +1,4 @@
 //! methods
 
 pub mod clm;
+pub mod mlm;
