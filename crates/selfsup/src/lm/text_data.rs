@@ -397,8 +397,7 @@ impl TokenFile {
         width
             .check(vocab)
             .with_context(|| format!("tokenizer {} for {}", tokenizer.name(), path.display()))?;
-        let eos = tokenizer.special_tokens().eos;
-        let mut header = TokenFileHeader {
+        let header = TokenFileHeader {
             width,
             count: 0,
             vocab_size: vocab as u64,
@@ -409,47 +408,12 @@ impl TokenFile {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let mut out = BufWriter::new(file);
-        out.write_all(&header.to_bytes())?;
-        let mut count = 0u64;
-        let mut first_doc = true;
-        source
-            .for_each_text(lossy, |text, new_doc| {
-                let mut ids = tokenizer.encode(text)?;
-                // Documents are separated by the end-of-text token where the tokenizer has one.
-                if let (true, false, Some(eos)) = (new_doc, first_doc, eos) {
-                    ids.insert(0, eos);
-                }
-                first_doc = false;
-                for id in ids {
-                    ensure!(
-                        (id as usize) < vocab,
-                        "tokenizer {} produced id {id}, outside its vocabulary of {vocab}",
-                        tokenizer.name()
-                    );
-                    match width {
-                        TokenWidth::U16 => out.write_all(&(id as u16).to_le_bytes())?,
-                        TokenWidth::U32 => out.write_all(&id.to_le_bytes())?,
-                    }
-                }
-                count += 1;
-                Ok(())
-            })
-            .with_context(|| format!("tokenizing {source}"))?;
-        let mut file = out
-            .into_inner()
-            .map_err(|e| anyhow::anyhow!("writing {}: {}", tmp.display(), e.error()))?;
-        let bytes = file.stream_position()? - HEADER_LEN as u64;
-        header.count = bytes / width.bytes() as u64;
-        ensure!(
-            header.count > 0,
-            "{source}: the corpus is empty (no tokens after reading {count} text pieces)"
-        );
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(&header.to_bytes())?;
-        file.sync_all()?;
-        drop(file);
+        let written = write_tokens(source, tokenizer, &tmp, lossy, header);
+        if written.is_err() {
+            // Leave no half-written file behind.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
         std::fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         Self::open(path)
@@ -550,6 +514,61 @@ impl TokenFile {
             ),
         }
     }
+}
+
+/// Streams the tokens of `source` into `tmp` after `header`, then writes the final count.
+fn write_tokens(
+    source: &TextSource,
+    tokenizer: &dyn Tokenizer,
+    tmp: &Path,
+    lossy: bool,
+    mut header: TokenFileHeader,
+) -> Result<()> {
+    let vocab = tokenizer.vocab_size();
+    let width = header.width;
+    let eos = tokenizer.special_tokens().eos;
+    let file = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = BufWriter::new(file);
+    out.write_all(&header.to_bytes())?;
+    let mut count = 0u64;
+    let mut first_doc = true;
+    source
+        .for_each_text(lossy, |text, new_doc| {
+            let mut ids = tokenizer.encode(text)?;
+            // Documents are separated by the end-of-text token where the tokenizer has one.
+            if let (true, false, Some(eos)) = (new_doc, first_doc, eos) {
+                ids.insert(0, eos);
+            }
+            first_doc = false;
+            for id in ids {
+                ensure!(
+                    (id as usize) < vocab,
+                    "tokenizer {} produced id {id}, outside its vocabulary of {vocab}",
+                    tokenizer.name()
+                );
+                match width {
+                    TokenWidth::U16 => out.write_all(&(id as u16).to_le_bytes())?,
+                    TokenWidth::U32 => out.write_all(&id.to_le_bytes())?,
+                }
+            }
+            count += 1;
+            Ok(())
+        })
+        .with_context(|| format!("tokenizing {source}"))?;
+    let mut file = out
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("writing {}: {}", tmp.display(), e.error()))?;
+    let bytes = file.stream_position()? - HEADER_LEN as u64;
+    header.count = bytes / width.bytes() as u64;
+    ensure!(
+        header.count > 0,
+        "{source}: the corpus is empty (no tokens after reading {count} text pieces)"
+    );
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&header.to_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    Ok(())
 }
 
 /// The training and held-out parts of a corpus.
