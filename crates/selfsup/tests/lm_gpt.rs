@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 use selfsup::lm::generate::{generate, generate_ids, SamplingConfig, Stepper, StopReason};
 use selfsup::lm::text_data::{Split, TextDataset, TextSource, TokenFile};
 use selfsup::lm::tokenizer::{ByteTokenizer, CharTokenizer, Tokenizer};
@@ -41,8 +41,7 @@ fn fixture() -> Fixture {
         .with_layer_norm_eps(a["layer_norm_eps"].as_f64().unwrap());
     Fixture {
         config,
-        weights: Weights::from_file(dir.join(&json["files"]["weights"].as_str().unwrap()[..]))
-            .unwrap(),
+        weights: Weights::from_file(dir.join(json["files"]["weights"].as_str().unwrap())).unwrap(),
         io: Weights::from_file(dir.join(json["files"]["io"].as_str().unwrap())).unwrap(),
         json,
     }
@@ -69,7 +68,7 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap()
 }
 
-/// Largest |a-b| / (1 + |b|)... reported as plain abs and checked against `atol + rtol·|b|`.
+/// Checks `|got - want| <= atol + rtol·|want|` elementwise; returns the largest `|got - want|`.
 fn check(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> f32 {
     assert_eq!(got.len(), want.len(), "{name}: length");
     let mut max = 0f32;
@@ -184,6 +183,41 @@ fn loader_errors_name_the_tensor() {
         .to_string();
     let missing = format!("missing tensor h.{}.", f.config.n_layers);
     assert!(err.contains(&missing), "{err}");
+}
+
+#[test]
+fn export_and_save_round_trip_through_the_same_names() {
+    let f = fixture();
+    let device = Device::flex();
+    let model = f.config.init_from_weights(&f.weights, &device).unwrap();
+    let exported = model.export();
+    assert_eq!(exported.names(), f.weights.names());
+    for name in f.weights.names() {
+        let shape = f.weights.shape(name).unwrap().to_vec();
+        assert_eq!(
+            exported.values(name, &shape).unwrap(),
+            f.weights.values(name, &shape).unwrap(),
+            "{name}"
+        );
+    }
+    let path = tempdir("lm_gpt_export").join("gpt.safetensors");
+    exported.save(&path).unwrap();
+    let back = f
+        .config
+        .init_from_weights(&Weights::from_file(&path).unwrap(), &device)
+        .unwrap();
+    let (input, shape) = ids(&f.json["input_ids"]);
+    let a = values(model.forward(int_tensor(&input, shape, &device)));
+    let b = values(back.forward(int_tensor(&input, shape, &device)));
+    assert_eq!(a, b);
+    // Bad batches are errors, not panics.
+    let batch = selfsup::methods::clm::TokenBatch {
+        inputs: vec![0; 2 * (f.config.context_length + 1)],
+        targets: vec![0; 2 * (f.config.context_length + 1)],
+        batch: 2,
+        context: f.config.context_length + 1,
+    };
+    assert!(model.loss_batch(&batch).is_err());
 }
 
 #[test]
@@ -334,7 +368,6 @@ fn int_tensor_shapes() {
     assert_eq!(t.dims(), [2, 3]);
     let back = t.into_data().try_into_vec_as::<i64>().unwrap();
     assert_eq!(back, vec![1, 2, 3, 4, 5, 6]);
-    let _ = TensorData::new(vec![0i64], [1]);
 }
 
 fn tempdir(name: &str) -> PathBuf {

@@ -33,6 +33,11 @@ fn byte_and_char_round_trips() {
     assert_eq!(b.vocab_size(), 256);
 
     let c = CharTokenizer::from_texts([NON_ASCII, "more text"]).unwrap();
+    let dir = tempdir("char_source");
+    std::fs::write(dir.join("a.txt"), NON_ASCII).unwrap();
+    std::fs::write(dir.join("b.txt"), "more text").unwrap();
+    let from_source = TextSource::Text(dir.clone()).char_tokenizer(false).unwrap();
+    assert_eq!(from_source, c);
     let ids = c.encode(NON_ASCII).unwrap();
     assert_eq!(ids.len(), NON_ASCII.chars().count());
     assert_eq!(c.decode(&ids), NON_ASCII);

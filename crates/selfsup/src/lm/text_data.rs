@@ -17,7 +17,7 @@ use memmap2::Mmap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::tokenizer::{fnv1a, Tokenizer};
+use super::tokenizer::{fnv1a, CharTokenizer, Tokenizer};
 use crate::methods::clm::TokenBatch;
 
 const MAGIC: &[u8; 8] = b"SSLMTOKS";
@@ -99,6 +99,16 @@ impl TextSource {
                 Ok(vec![p.clone()])
             }
         }
+    }
+
+    /// A character vocabulary holding every character of the source (streamed).
+    pub fn char_tokenizer(&self, lossy: bool) -> Result<CharTokenizer> {
+        let mut chars = std::collections::BTreeSet::new();
+        self.for_each_text(lossy, |text, _| {
+            chars.extend(text.chars());
+            Ok(())
+        })?;
+        CharTokenizer::from_chars(chars).with_context(|| format!("{self}"))
     }
 
     /// Hash of the source description and each file's path, size and modification time: a

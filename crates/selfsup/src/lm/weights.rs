@@ -55,6 +55,29 @@ impl Weights {
         }
     }
 
+    /// Writes every tensor as F32 to a safetensors file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = names
+            .into_iter()
+            .map(|n| {
+                let (shape, values) = &self.tensors[n];
+                let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (n.clone(), shape.clone(), data)
+            })
+            .collect();
+        let mut views = Vec::with_capacity(bytes.len());
+        for (name, shape, data) in &bytes {
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+                .map_err(|e| anyhow::anyhow!("{}: tensor {name}: {e:?}", path.display()))?;
+            views.push((name.as_str(), view));
+        }
+        safetensors::serialize_to_file(views, &None, path)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", path.display()))
+    }
+
     /// The file name used in error messages.
     pub fn source(&self) -> &str {
         &self.source
@@ -176,6 +199,15 @@ impl Slot<'_> {
         };
         data.try_into_vec_as::<f32>().ok()
     }
+}
+
+/// The current values of `slots` as a tensor store named `source`.
+pub fn export_slots(source: &str, slots: Vec<(String, Slot<'_>)>) -> Weights {
+    let tensors = slots
+        .into_iter()
+        .map(|(name, slot)| (name, slot.export()))
+        .collect();
+    Weights::from_tensors(source, tensors)
 }
 
 /// Checkpoint entries `PREFIX.weight` (transposed) and `PREFIX.bias` of a linear layer.

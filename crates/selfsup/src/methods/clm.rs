@@ -6,14 +6,14 @@
 //! LayerNorm, learned absolute positions, LM head tied to the token embedding). Layout follows
 //! nanoGPT's `model.py`.
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::lm::weights::{layer_norm_slots, linear_slots, Slot, Weights};
+use crate::lm::weights::{export_slots, layer_norm_slots, linear_slots, Slot, Weights};
 use crate::nn::transformer::{
     embedding_table, linear, CausalSelfAttention, CausalSelfAttentionConfig, FeedForward, KvCache,
     LayerNorm,
@@ -44,7 +44,7 @@ impl GptConfig {
     /// GPT-2 init: N(0, 0.02²) everywhere, residual projections scaled by 1/√(2·layers).
     pub fn init(&self, device: &Device) -> Gpt {
         assert!(
-            self.d_model % self.n_heads == 0,
+            self.d_model.is_multiple_of(self.n_heads),
             "d_model {} is not a multiple of n_heads {}",
             self.d_model,
             self.n_heads
@@ -243,9 +243,29 @@ impl Gpt {
 
     /// [`Gpt::loss`] on a host batch, as [`crate::lm::text_data::TextDataset::batch`] returns it.
     pub fn loss_batch(&self, batch: &TokenBatch) -> Result<Tensor<1>> {
+        ensure!(
+            batch.context <= self.context_length(),
+            "batch context {} exceeds the model's context length {}",
+            batch.context,
+            self.context_length()
+        );
+        let vocab = self.vocab_size();
+        if let Some(&bad) = batch
+            .inputs
+            .iter()
+            .chain(&batch.targets)
+            .find(|&&id| id as usize >= vocab)
+        {
+            bail!("token {bad} is outside the model's vocabulary of {vocab}");
+        }
         let device = self.device();
         let (ids, targets) = batch.to_tensors(&device)?;
         Ok(self.loss(ids, targets))
+    }
+
+    /// Every parameter under its checkpoint name, in the checkpoint's layout.
+    pub fn export(&self) -> Weights {
+        export_slots("gpt", self.clone().checkpoint_slots())
     }
 }
 

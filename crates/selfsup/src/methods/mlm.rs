@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::clm::int_tensor;
 use crate::lm::tokenizer::Tokenizer;
-use crate::lm::weights::{layer_norm_slots, linear_slots, Slot, Weights};
+use crate::lm::weights::{export_slots, layer_norm_slots, linear_slots, Slot, Weights};
 use crate::nn::transformer::{
     attention, embedding_table, linear, merge_heads, padding_mask, split_heads, FeedForward,
     LayerNorm,
@@ -80,7 +80,8 @@ impl BertConfig {
             self.hidden_act
         );
         ensure!(
-            self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
+            self.num_attention_heads > 0
+                && self.hidden_size.is_multiple_of(self.num_attention_heads),
             "hidden_size {} is not a multiple of num_attention_heads {}",
             self.hidden_size,
             self.num_attention_heads
@@ -415,6 +416,11 @@ impl BertForMaskedLm {
         self.decoder_bias.val().dims()[0]
     }
 
+    /// Every parameter under its Hugging Face name (no `bert.` prefix).
+    pub fn export(&self) -> Weights {
+        export_slots("bert", self.clone().checkpoint_slots(""))
+    }
+
     /// MLM head on hidden states `[N, D]` → logits `[N, V]`.
     pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
         let h = self
@@ -572,7 +578,7 @@ impl MlmBatch {
         step: usize,
     ) -> Result<Self> {
         ensure!(
-            len > 0 && windows.len() % len == 0,
+            len > 0 && windows.len().is_multiple_of(len),
             "windows are not rows of {len} tokens"
         );
         let seqs: Vec<&[u32]> = windows.chunks_exact(len).collect();

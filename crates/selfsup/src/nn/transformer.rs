@@ -179,7 +179,7 @@ pub struct CausalSelfAttentionConfig {
 impl CausalSelfAttentionConfig {
     pub fn init(&self, device: &Device) -> CausalSelfAttention {
         assert!(
-            self.d_model % self.n_heads == 0,
+            self.d_model.is_multiple_of(self.n_heads),
             "d_model {} is not a multiple of n_heads {}",
             self.d_model,
             self.n_heads
