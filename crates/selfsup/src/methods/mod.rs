@@ -1,5 +1,7 @@
 //! One file per self-supervised objective: the loss and its heads, nothing else.
 
+pub mod clm;
+pub mod mlm;
 pub mod simclr;
 
 use crate::nn::Encoder;

@@ -3,6 +3,7 @@
 pub mod batchnorm;
 pub mod encoder;
 pub mod mlp;
+pub mod transformer;
 
 pub use batchnorm::BatchNorm;
 pub use encoder::{Encoder, EncoderConfig};
