@@ -19,7 +19,7 @@ pub use knn::{knn_predict, DEFAULT_K, DEFAULT_TEMPERATURE};
 pub use npy::{write_npy_f32, write_npy_i64};
 pub use probe::{fit_probe, LinearModel, ProbeConfig};
 
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 
 /// Accuracies of one evaluation over several label draws.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +127,14 @@ pub fn evaluate(
     );
     ensure!(cfg.draws >= 1, "evaluation needs at least 1 label draw");
     ensure!(!test.is_empty(), "evaluation needs at least 1 test image");
+    if let Some((i, &l)) = test
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= num_classes)
+    {
+        bail!("test label {l} at index {i} is out of range for {num_classes} classes");
+    }
     let standardizer = Standardizer::fit(train.features, train.len(), d)
         .context("standardizing train features")?;
     let train_z = standardizer.transform(train.features)?;
