@@ -11,7 +11,11 @@ use selfsup::pipeline::{self, RunOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "selfsup", version, about = "Self-supervised learning: pretrain on unlabeled images, then evaluate with few labels")]
+#[command(
+    name = "selfsup",
+    version,
+    about = "Self-supervised learning: pretrain on unlabeled images, then evaluate with few labels"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -211,7 +215,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn options(c: &Common) -> Result<RunOptions> {
-    Ok(RunOptions { device: pipeline::parse_device(&c.device)?, progress: true })
+    Ok(RunOptions {
+        device: pipeline::parse_device(&c.device)?,
+        progress: true,
+    })
 }
 
 fn write_json<T: serde::Serialize>(path: &Option<PathBuf>, value: &T) -> Result<()> {
@@ -224,7 +231,13 @@ fn write_json<T: serde::Serialize>(path: &Option<PathBuf>, value: &T) -> Result<
 }
 
 fn demo(a: DemoArgs) -> Result<()> {
-    let opts = DemoOptions { seed: a.common.seed, out: a.out, draws: a.draws, epochs: a.epochs, run: options(&a.common)? };
+    let opts = DemoOptions {
+        seed: a.common.seed,
+        out: a.out,
+        draws: a.draws,
+        epochs: a.epochs,
+        run: options(&a.common)?,
+    };
     eprintln!("selfsup demo: SimCLR on the embedded UCI digits (8×8), then linear probe and kNN with few labels");
     let report = experiment::demo(&opts)?;
     println!(
@@ -247,7 +260,10 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         print_pretrain(&report);
         return write_json(&a.common.json, &report);
     }
-    let out = a.out.clone().context("--out RUN_DIR is required for a new run (or --resume RUN_DIR)")?;
+    let out = a
+        .out
+        .clone()
+        .context("--out RUN_DIR is required for a new run (or --resume RUN_DIR)")?;
     let mut sets: Vec<(String, String)> = vec![];
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -261,11 +277,23 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     put("train.minutes", a.minutes.map(|v| v.to_string()));
     put("train.batch_size", a.batch_size.map(|v| v.to_string()));
     put("train.lr", a.lr.map(|v| format!("{v:?}")));
-    put("train.optimizer", a.optimizer.as_ref().map(|v| format!("\"{v}\"")));
-    put("train.weight_decay", a.weight_decay.map(|v| format!("{v:?}")));
-    put("train.warmup_epochs", a.warmup_epochs.map(|v| format!("{v:?}")));
+    put(
+        "train.optimizer",
+        a.optimizer.as_ref().map(|v| format!("\"{v}\"")),
+    );
+    put(
+        "train.weight_decay",
+        a.weight_decay.map(|v| format!("{v:?}")),
+    );
+    put(
+        "train.warmup_epochs",
+        a.warmup_epochs.map(|v| format!("{v:?}")),
+    );
     put("train.grad_clip", a.grad_clip.map(|v| format!("{v:?}")));
-    put("simclr.temperature", a.temperature.map(|v| format!("{v:?}")));
+    put(
+        "simclr.temperature",
+        a.temperature.map(|v| format!("{v:?}")),
+    );
     put("input_size", a.input_size.map(|v| v.to_string()));
     for s in &a.set {
         sets.push(parse_set(s)?);
@@ -274,7 +302,10 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         Some(p) => PretrainConfig::load(p, &sets)?,
         None => {
             let method = a.method.clone().unwrap_or_else(|| "simclr".into());
-            let data = a.data.clone().context("--data SPEC is required (or --config FILE)")?;
+            let data = a
+                .data
+                .clone()
+                .context("--data SPEC is required (or --config FILE)")?;
             PretrainConfig::new(&method, &data).with_overrides(&sets)?
         }
     };
@@ -288,7 +319,11 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
 }
 
 fn print_pretrain(r: &pipeline::PretrainReport) {
-    let status = if r.interrupted { "interrupted (resume with --resume)" } else { "done" };
+    let status = if r.interrupted {
+        "interrupted (resume with --resume)"
+    } else {
+        "done"
+    };
     println!(
         "{}: {status}: {}/{} steps, final loss {:.4}, {:.0} s of training",
         r.run_dir.display(),
@@ -304,16 +339,24 @@ fn evaluate(a: EvalArgs, linear: bool) -> Result<()> {
     let budgets: Vec<LabelBudget> = a.labels.iter().map(|b| b.parse()).collect::<Result<_>>()?;
     let (set, data) = match a.run.as_str() {
         "pixels" | "random" => {
-            let data = a.data.clone().context("--run pixels/random needs --data SPEC")?;
+            let data = a
+                .data
+                .clone()
+                .context("--run pixels/random needs --data SPEC")?;
             (a.run.clone(), data)
         }
         dir => {
             let run = pipeline::load_run(Path::new(dir), &opts.device)?;
-            (dir.to_string(), a.data.clone().unwrap_or(run.cfg.data.clone()))
+            (
+                dir.to_string(),
+                a.data.clone().unwrap_or(run.cfg.data.clone()),
+            )
         }
     };
     let splits = pipeline::load_data(&data)?;
-    let test = splits.test.with_context(|| format!("dataset `{data}` has no test split to evaluate on"))?;
+    let test = splits
+        .test
+        .with_context(|| format!("dataset `{data}` has no test split to evaluate on"))?;
     let train = splits.train;
     let features = match set.as_str() {
         "pixels" => experiment::pixel_features(&train, &test),
@@ -321,7 +364,14 @@ fn evaluate(a: EvalArgs, linear: bool) -> Result<()> {
             let mut cfg = PretrainConfig::new("simclr", &data);
             cfg.seed = a.common.seed;
             let enc = pipeline::build_simclr(&cfg, train.channels, &opts.device).encoder;
-            experiment::encoder_features("random", &enc, &train, &test, (train.height, train.width), &opts)
+            experiment::encoder_features(
+                "random",
+                &enc,
+                &train,
+                &test,
+                (train.height, train.width),
+                &opts,
+            )
         }
         dir => {
             let run = pipeline::load_run(Path::new(dir), &opts.device)?;
@@ -329,15 +379,29 @@ fn evaluate(a: EvalArgs, linear: bool) -> Result<()> {
             experiment::encoder_features(dir, &run.encoder, &train, &test, hw, &opts)
         }
     };
-    let mut ecfg = EvalConfig { draws: a.draws, seed: a.common.seed, k: a.k, temperature: a.knn_temperature, ..Default::default() };
+    let mut ecfg = EvalConfig {
+        draws: a.draws,
+        seed: a.common.seed,
+        k: a.k,
+        temperature: a.knn_temperature,
+        ..Default::default()
+    };
     if let Some(l2) = a.l2 {
         ecfg.probe.l2 = l2;
     }
     let rows = experiment::label_efficiency(&[features], &train, &test, &budgets, &ecfg)?;
     let title = if linear { "linear probe" } else { "kNN" };
-    println!("{title} test accuracy (%), mean ± std over {} label draws, {} test images", a.draws, test.len());
+    println!(
+        "{title} test accuracy (%), mean ± std over {} label draws, {} test images",
+        a.draws,
+        test.len()
+    );
     for r in &rows {
-        let (m, s) = if linear { (r.linear_mean, r.linear_std) } else { (r.knn_mean, r.knn_std) };
+        let (m, s) = if linear {
+            (r.linear_mean, r.linear_std)
+        } else {
+            (r.knn_mean, r.knn_std)
+        };
         println!("  {:>10}  {:5.1} ± {:4.1}", r.budget, 100.0 * m, 100.0 * s);
     }
     let out: Vec<serde_json::Value> = rows
@@ -359,7 +423,10 @@ fn embed(a: EmbedArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let hw = pipeline::input_hw(&run.cfg, &splits.train);
     let mut written = vec![];
-    for (name, ds) in [("train", Some(&splits.train)), ("test", splits.test.as_ref())] {
+    for (name, ds) in [
+        ("train", Some(&splits.train)),
+        ("test", splits.test.as_ref()),
+    ] {
         let Some(ds) = ds else { continue };
         let h = pipeline::embed(&run.encoder, ds, hw, &opts.device, 256);
         let d = h.len() / ds.len().max(1);
@@ -396,7 +463,9 @@ fn augment(a: AugmentArgs) -> Result<()> {
             let (k, v) = parse_set(s)?;
             selfsup::config::set_key(&mut value, &k, &v)?;
         }
-        cfg = value.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("--set: {}", e.message()))?;
+        cfg = value
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("--set: {}", e.message()))?;
     }
     let side = a.input_size;
     let (oh, ow) = side.map(|s| (s, s)).unwrap_or((ds.height, ds.width));
@@ -406,13 +475,36 @@ fn augment(a: AugmentArgs) -> Result<()> {
     for i in 0..a.images.min(ds.len()) {
         let idx = i * ds.len() / a.images.min(ds.len());
         let img = ds.image(idx);
-        cells.push(augment_image(img, ds.channels, ds.height, ds.width, oh, ow, &identity, &mut rng));
+        cells.push(augment_image(
+            img,
+            ds.channels,
+            ds.height,
+            ds.width,
+            oh,
+            ow,
+            &identity,
+            &mut rng,
+        ));
         for _ in 0..a.views {
-            cells.push(augment_image(img, ds.channels, ds.height, ds.width, oh, ow, &cfg, &mut rng));
+            cells.push(augment_image(
+                img,
+                ds.channels,
+                ds.height,
+                ds.width,
+                oh,
+                ow,
+                &cfg,
+                &mut rng,
+            ));
         }
     }
     let refs: Vec<&[f32]> = cells.iter().map(|c| c.as_slice()).collect();
     selfsup::report::grid::save_grid(&a.out, &refs, ds.channels, oh, ow, a.views + 1, a.scale)?;
-    println!("wrote {} ({} images × (original + {} views))", a.out.display(), a.images.min(ds.len()), a.views);
+    println!(
+        "wrote {} ({} images × (original + {} views))",
+        a.out.display(),
+        a.images.min(ds.len()),
+        a.views
+    );
     Ok(())
 }

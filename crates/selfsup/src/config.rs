@@ -69,17 +69,21 @@ impl PretrainConfig {
 
     /// Parses a TOML document, applying `overrides` (`key.path=value`) first.
     pub fn from_toml(text: &str, origin: &str, overrides: &[(String, String)]) -> Result<Self> {
-        let mut value: toml::Value = toml::from_str(text).with_context(|| format!("{origin}: invalid TOML"))?;
+        let mut value: toml::Value =
+            toml::from_str(text).with_context(|| format!("{origin}: invalid TOML"))?;
         for (k, v) in overrides {
             set_key(&mut value, k, v)?;
         }
-        let cfg: Self = value.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message()))?;
+        let cfg: Self = value
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message()))?;
         cfg.validate().with_context(|| origin.to_string())?;
         Ok(cfg)
     }
 
     pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_toml(&text, &path.display().to_string(), overrides)
     }
 
@@ -100,9 +104,12 @@ pub fn set_key(root: &mut toml::Value, key: &str, value: &str) -> Result<()> {
     let parts: Vec<&str> = key.split('.').collect();
     let mut cur = root;
     for (i, part) in parts.iter().enumerate() {
-        let table = cur
-            .as_table_mut()
-            .with_context(|| format!("cannot set `{key}`: `{}` is not a table", parts[..i].join(".")))?;
+        let table = cur.as_table_mut().with_context(|| {
+            format!(
+                "cannot set `{key}`: `{}` is not a table",
+                parts[..i].join(".")
+            )
+        })?;
         if i + 1 == parts.len() {
             table.insert(part.to_string(), parsed.clone());
             return Ok(());
@@ -116,6 +123,8 @@ pub fn set_key(root: &mut toml::Value, key: &str, value: &str) -> Result<()> {
 
 /// Parses `key=value` from `--set`.
 pub fn parse_set(s: &str) -> Result<(String, String)> {
-    let (k, v) = s.split_once('=').with_context(|| format!("--set expects key=value, got `{s}`"))?;
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("--set expects key=value, got `{s}`"))?;
     Ok((k.trim().to_string(), v.trim().to_string()))
 }

@@ -20,7 +20,12 @@ pub struct FeatureSet {
 
 /// Raw pixels as features (the no-learning baseline).
 pub fn pixel_features(train: &ImageDataset, test: &ImageDataset) -> FeatureSet {
-    FeatureSet { name: "raw pixels".into(), dim: train.image_len(), train: train.images.clone(), test: test.images.clone() }
+    FeatureSet {
+        name: "raw pixels".into(),
+        dim: train.image_len(),
+        train: train.images.clone(),
+        test: test.images.clone(),
+    }
 }
 
 /// Encoder features h = f(x) on both splits.
@@ -35,7 +40,12 @@ pub fn encoder_features(
     let tr = pipeline::embed(encoder, train, hw, &opts.device, 256);
     let te = pipeline::embed(encoder, test, hw, &opts.device, 256);
     let dim = tr.len() / train.len().max(1);
-    FeatureSet { name: name.into(), dim, train: tr, test: te }
+    FeatureSet {
+        name: name.into(),
+        dim,
+        train: tr,
+        test: te,
+    }
 }
 
 /// One row of a label-efficiency table.
@@ -59,15 +69,30 @@ pub fn label_efficiency(
     budgets: &[LabelBudget],
     cfg: &EvalConfig,
 ) -> Result<Vec<Row>> {
-    let train_labels = train.labels.as_ref().context("the training split has no labels")?;
-    let test_labels = test.labels.as_ref().context("the test split has no labels")?;
+    let train_labels = train
+        .labels
+        .as_ref()
+        .context("the training split has no labels")?;
+    let test_labels = test
+        .labels
+        .as_ref()
+        .context("the test split has no labels")?;
     let k = train.num_classes().max(test.num_classes());
     let mut rows = vec![];
     for set in sets {
-        let tr = LabeledFeatures { features: &set.train, labels: train_labels, dim: set.dim };
-        let te = LabeledFeatures { features: &set.test, labels: test_labels, dim: set.dim };
+        let tr = LabeledFeatures {
+            features: &set.train,
+            labels: train_labels,
+            dim: set.dim,
+        };
+        let te = LabeledFeatures {
+            features: &set.test,
+            labels: test_labels,
+            dim: set.dim,
+        };
         for b in budgets {
-            let r = eval::evaluate(&tr, &te, k, b, cfg).with_context(|| format!("evaluating {}", set.name))?;
+            let r = eval::evaluate(&tr, &te, k, b, cfg)
+                .with_context(|| format!("evaluating {}", set.name))?;
             rows.push(row(&set.name, b, &r.linear, &r.knn));
         }
     }
@@ -177,7 +202,8 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
     let train = splits.train;
     let test = splits.test.context("digits has a test split")?;
     if opts.out.join("state.json").exists() {
-        std::fs::remove_dir_all(&opts.out).with_context(|| format!("clearing {}", opts.out.display()))?;
+        std::fs::remove_dir_all(&opts.out)
+            .with_context(|| format!("clearing {}", opts.out.display()))?;
     }
     let report = pipeline::pretrain(&cfg, &opts.out, &opts.run)?;
     let hw = pipeline::input_hw(&cfg, &train);
@@ -187,13 +213,24 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
     let sets = vec![
         pixel_features(&train, &test),
         encoder_features("random-init encoder", &random, &train, &test, hw, &opts.run),
-        encoder_features("SimCLR encoder", &trained.encoder, &train, &test, hw, &opts.run),
+        encoder_features(
+            "SimCLR encoder",
+            &trained.encoder,
+            &train,
+            &test,
+            hw,
+            &opts.run,
+        ),
     ];
     let budgets: Vec<LabelBudget> = ["1/class", "5/class", "10/class", "100%"]
         .iter()
         .map(|b| b.parse())
         .collect::<Result<_>>()?;
-    let ecfg = EvalConfig { draws: opts.draws, seed: opts.seed, ..Default::default() };
+    let ecfg = EvalConfig {
+        draws: opts.draws,
+        seed: opts.seed,
+        ..Default::default()
+    };
     let rows = label_efficiency(&sets, &train, &test, &budgets, &ecfg)?;
     Ok(DemoReport {
         dataset: "digits (UCI optical digits, embedded)".into(),

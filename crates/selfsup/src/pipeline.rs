@@ -24,7 +24,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             #[cfg(feature = "cuda")]
             {
                 let idx: usize = match s.strip_prefix("cuda:") {
-                    Some(i) => i.parse().with_context(|| format!("bad device index in `{s}`"))?,
+                    Some(i) => i
+                        .parse()
+                        .with_context(|| format!("bad device index in `{s}`"))?,
                     None => 0,
                 };
                 Ok(Device::cuda(idx))
@@ -45,7 +47,10 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { device: Device::flex(), progress: false }
+        Self {
+            device: Device::flex(),
+            progress: false,
+        }
     }
 }
 
@@ -128,19 +133,39 @@ fn run_views<M: ImageMethod>(
     let n_images = train_set.len();
     let batch = cfg.train.batch_size;
     if batch < 2 {
-        bail!("batch_size {batch}: contrastive methods need at least 2 images per batch (negatives)");
+        bail!(
+            "batch_size {batch}: contrastive methods need at least 2 images per batch (negatives)"
+        );
     }
     if n_images < 2 {
-        bail!("dataset `{}` has {n_images} image(s): at least 2 are needed", cfg.data);
+        bail!(
+            "dataset `{}` has {n_images} image(s): at least 2 are needed",
+            cfg.data
+        );
     }
     let batch = batch.min(n_images);
-    let loader = ViewLoader::new(Arc::new(train_set), vec![cfg.augment.clone(); views], batch, hw, cfg.seed, true)?;
+    let loader = ViewLoader::new(
+        Arc::new(train_set),
+        vec![cfg.augment.clone(); views],
+        batch,
+        hw,
+        cfg.seed,
+        true,
+    )?;
     let spe = loader.batches_per_epoch();
-    let opt = train::optim::build_optimizer(&cfg.train.optimizer, cfg.train.weight_decay, cfg.train.momentum)?;
+    let opt = train::optim::build_optimizer(
+        &cfg.train.optimizer,
+        cfg.train.weight_decay,
+        cfg.train.momentum,
+    )?;
     let (model, opt, state) = if resume {
         let (m, o, s) = run.load_checkpoint(model, opt)?;
         if s.finished {
-            eprintln!("{}: the run is already finished ({} steps)", run.0.display(), s.step);
+            eprintln!(
+                "{}: the run is already finished ({} steps)",
+                run.0.display(),
+                s.step
+            );
         }
         (m, o, s)
     } else {
@@ -148,7 +173,12 @@ fn run_views<M: ImageMethod>(
             Some(minutes) => calibrate_steps(cfg, &loader, channels, &device, minutes)?,
             None => cfg.train.epochs * spe,
         };
-        let state = RunState { step: 0, total_steps: total.max(1), steps_per_epoch: spe, ..Default::default() };
+        let state = RunState {
+            step: 0,
+            total_steps: total.max(1),
+            steps_per_epoch: spe,
+            ..Default::default()
+        };
         (model, opt, state)
     };
     if opts.progress {
@@ -182,7 +212,13 @@ fn run_views<M: ImageMethod>(
 }
 
 /// Times a few forward/backward passes of a throw-away model to turn a minutes budget into steps.
-fn calibrate_steps(cfg: &PretrainConfig, loader: &ViewLoader, channels: usize, device: &Device, minutes: f64) -> Result<usize> {
+fn calibrate_steps(
+    cfg: &PretrainConfig,
+    loader: &ViewLoader,
+    channels: usize,
+    device: &Device,
+    minutes: f64,
+) -> Result<usize> {
     let probe = build_simclr(cfg, channels, device);
     let mut times = vec![];
     for step in 0..4 {
@@ -212,7 +248,10 @@ pub struct LoadedRun {
 pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
     let run = RunDir(dir.to_path_buf());
     if !run.config().exists() {
-        bail!("{}: not a selfsup run folder (no config.toml)", dir.display());
+        bail!(
+            "{}: not a selfsup run folder (no config.toml)",
+            dir.display()
+        );
     }
     let cfg = PretrainConfig::load(&run.config(), &[])?;
     let channels = channels_of(&cfg)?;
@@ -228,12 +267,21 @@ pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
 
 fn channels_of(cfg: &PretrainConfig) -> Result<usize> {
     // The channel count is fixed by the data; record-free: read it from the dataset header.
-    Ok(load_data(&cfg.data).context("loading the run's dataset to know its channels")?.train.channels)
+    Ok(load_data(&cfg.data)
+        .context("loading the run's dataset to know its channels")?
+        .train
+        .channels)
 }
 
 /// Representations h = f(x) of every image, [n, d] row-major, computed without augmentation at
 /// the encoder's input size, in inference mode (BatchNorm running statistics).
-pub fn embed(encoder: &Encoder, ds: &ImageDataset, hw: (usize, usize), device: &Device, batch: usize) -> Vec<f32> {
+pub fn embed(
+    encoder: &Encoder,
+    ds: &ImageDataset,
+    hw: (usize, usize),
+    device: &Device,
+    batch: usize,
+) -> Vec<f32> {
     let encoder = encoder.valid();
     let device = device.clone().inner();
     let identity = AugmentConfig::none();
@@ -247,12 +295,30 @@ pub fn embed(encoder: &Encoder, ds: &ImageDataset, hw: (usize, usize), device: &
             if (h, w) == hw {
                 pixels.extend_from_slice(ds.image(i));
             } else {
-                pixels.extend(augment_image(ds.image(i), c, h, w, hw.0, hw.1, &identity, &mut rng));
+                pixels.extend(augment_image(
+                    ds.image(i),
+                    c,
+                    h,
+                    w,
+                    hw.0,
+                    hw.1,
+                    &identity,
+                    &mut rng,
+                ));
             }
         }
-        let x = Tensor::<4>::from_data(TensorData::new(pixels, [end - start, c, hw.0, hw.1]), &device);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(pixels, [end - start, c, hw.0, hw.1]),
+            &device,
+        );
         let hfeat = encoder.forward(x.to_device(&device));
-        out.extend(hfeat.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default());
+        out.extend(
+            hfeat
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default(),
+        );
     }
     out
 }

@@ -9,11 +9,11 @@
 pub mod checkpoint;
 pub mod optim;
 
+use crate::methods::Objective;
 use anyhow::{bail, Context, Result};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use crate::methods::Objective;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
