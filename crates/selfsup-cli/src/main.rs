@@ -218,6 +218,7 @@ fn options(c: &Common) -> Result<RunOptions> {
     Ok(RunOptions {
         device: pipeline::parse_device(&c.device)?,
         progress: true,
+        stop_at_step: None,
     })
 }
 

@@ -177,7 +177,7 @@ pub struct DemoReport {
 pub fn demo_config(seed: u64) -> PretrainConfig {
     let mut cfg = PretrainConfig::new("simclr", "digits");
     cfg.seed = seed;
-    cfg.train.epochs = 60;
+    cfg.train.epochs = 100;
     cfg.train.batch_size = 256;
     cfg.train.lr = 2e-3;
     cfg.train.warmup_epochs = 2.0;

@@ -43,6 +43,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 pub struct RunOptions {
     pub device: Device,
     pub progress: bool,
+    /// Stop (with a checkpoint) once this many steps are done, as if interrupted; `--resume`
+    /// continues. Lets a long schedule be trained in pieces.
+    pub stop_at_step: Option<usize>,
 }
 
 impl Default for RunOptions {
@@ -50,6 +53,7 @@ impl Default for RunOptions {
         Self {
             device: Device::flex(),
             progress: false,
+            stop_at_step: None,
         }
     }
 }
@@ -81,7 +85,10 @@ pub fn load_data(spec: &str) -> Result<Splits> {
 /// Builds the method a config names, seeded.
 pub fn build_simclr(cfg: &PretrainConfig, channels: usize, device: &Device) -> SimClr {
     device.seed(cfg.seed);
-    SimClr::new(&cfg.encoder, &cfg.simclr, channels, device)
+    crate::nn::init::init_seeded(
+        SimClr::new(&cfg.encoder, &cfg.simclr, channels, device),
+        cfg.seed,
+    )
 }
 
 /// Pretrains a new run in `out`.
@@ -186,8 +193,12 @@ fn run_views<M: ImageMethod>(
     }
     let start = state.step;
     let total = state.total_steps;
+    let stop = opts
+        .stop_at_step
+        .map(|s| s.clamp(start, total))
+        .unwrap_or(total);
     let dev = device.clone();
-    let batches = loader.prefetch(start, total, 3).map(move |vb| {
+    let batches = loader.prefetch(start, stop, 3).map(move |vb| {
         vb.views
             .into_iter()
             .map(|v| Tensor::<4>::from_data(TensorData::new(v, [vb.n, vb.c, vb.h, vb.w]), &dev))
@@ -199,6 +210,7 @@ fn run_views<M: ImageMethod>(
         samples_per_step: batch,
         progress: opts.progress,
         label: &cfg.method,
+        stop_at: stop,
     };
     let (_model, state, outcome) = train::fit(model, opt, state, &spec, batches)?;
     Ok(PretrainReport {

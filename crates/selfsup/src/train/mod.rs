@@ -241,6 +241,8 @@ pub struct FitSpec<'a> {
     pub progress: bool,
     /// Label for the bar, e.g. "simclr".
     pub label: &'a str,
+    /// Return (with a checkpoint, as on Ctrl-C) once this many steps are done.
+    pub stop_at: usize,
 }
 
 /// One batch and the seconds the trainer waited for it.
@@ -286,7 +288,7 @@ pub fn fit<M: Objective>(
     let mut batches = batches;
     let mut outcome = Outcome::Finished;
     while state.step < state.total_steps {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if INTERRUPTED.load(Ordering::SeqCst) || state.step >= spec.stop_at {
             outcome = Outcome::Interrupted;
             break;
         }
