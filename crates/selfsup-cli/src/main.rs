@@ -114,9 +114,12 @@ struct PretrainArgs {
     /// Key simclr.temperature.
     #[arg(long)]
     temperature: Option<f64>,
-    /// Key input_size: side of the images the encoder sees.
+    /// Key image_size: resize images to this square side when loading (folders default to 32).
     #[arg(long)]
-    input_size: Option<usize>,
+    image_size: Option<usize>,
+    /// Key skip_bad_images: skip undecodable images (with a printed count) instead of failing.
+    #[arg(long)]
+    skip_bad_images: bool,
     /// Set any config key: --set augment.crop_scale=[0.5,1.0] (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -148,6 +151,9 @@ struct EvalArgs {
     /// Linear probe: L2 penalty on the mean cross-entropy.
     #[arg(long)]
     l2: Option<f64>,
+    /// With --run pixels/random: resize images to this square side when loading.
+    #[arg(long)]
+    image_size: Option<usize>,
 }
 
 #[derive(Args)]
@@ -181,9 +187,9 @@ struct AugmentArgs {
     /// Augmented views per image (columns after the original).
     #[arg(long, default_value_t = 6)]
     views: usize,
-    /// Output side (default: the dataset's).
+    /// Resize images to this square side when loading (default: the dataset's; folders 32).
     #[arg(long)]
-    input_size: Option<usize>,
+    image_size: Option<usize>,
     /// A run's config.toml whose [augment] table to use (default: the SimCLR recipe).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -295,7 +301,11 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         "simclr.temperature",
         a.temperature.map(|v| format!("{v:?}")),
     );
-    put("input_size", a.input_size.map(|v| v.to_string()));
+    put("image_size", a.image_size.map(|v| v.to_string()));
+    put(
+        "skip_bad_images",
+        a.skip_bad_images.then(|| "true".to_string()),
+    );
     for s in &a.set {
         sets.push(parse_set(s)?);
     }
@@ -338,46 +348,36 @@ fn print_pretrain(r: &pipeline::PretrainReport) {
 fn evaluate(a: EvalArgs, linear: bool) -> Result<()> {
     let opts = options(&a.common)?;
     let budgets: Vec<LabelBudget> = a.labels.iter().map(|b| b.parse()).collect::<Result<_>>()?;
-    let (set, data) = match a.run.as_str() {
+    // The encoder (None for raw pixels) and the config whose loading options the data uses.
+    let (name, encoder, cfg) = match a.run.as_str() {
         "pixels" | "random" => {
             let data = a
                 .data
                 .clone()
                 .context("--run pixels/random needs --data SPEC")?;
-            (a.run.clone(), data)
+            let mut cfg = PretrainConfig::new("simclr", &data);
+            cfg.seed = a.common.seed;
+            cfg.image_size = a.image_size;
+            (a.run.clone(), None, cfg)
         }
         dir => {
             let run = pipeline::load_run(Path::new(dir), &opts.device)?;
-            (
-                dir.to_string(),
-                a.data.clone().unwrap_or(run.cfg.data.clone()),
-            )
+            (dir.to_string(), Some(run.encoder), run.cfg)
         }
     };
-    let splits = pipeline::load_data(&data)?;
+    let data = a.data.clone().unwrap_or(cfg.data.clone());
+    let splits = pipeline::load_data(&data, &cfg)?;
     let test = splits
         .test
         .with_context(|| format!("dataset `{data}` has no test split to evaluate on"))?;
     let train = splits.train;
-    let features = match set.as_str() {
-        "pixels" => experiment::pixel_features(&train, &test),
-        "random" => {
-            let mut cfg = PretrainConfig::new("simclr", &data);
-            cfg.seed = a.common.seed;
+    let hw = pipeline::input_hw(&train);
+    let features = match (name.as_str(), encoder) {
+        ("pixels", _) => experiment::pixel_features(&train, &test),
+        (_, Some(enc)) => experiment::encoder_features(&name, &enc, &train, &test, hw, &opts),
+        (_, None) => {
             let enc = pipeline::build_simclr(&cfg, train.channels, &opts.device).encoder;
-            experiment::encoder_features(
-                "random",
-                &enc,
-                &train,
-                &test,
-                (train.height, train.width),
-                &opts,
-            )
-        }
-        dir => {
-            let run = pipeline::load_run(Path::new(dir), &opts.device)?;
-            let hw = pipeline::input_hw(&run.cfg, &train);
-            experiment::encoder_features(dir, &run.encoder, &train, &test, hw, &opts)
+            experiment::encoder_features("random", &enc, &train, &test, hw, &opts)
         }
     };
     let mut ecfg = EvalConfig {
@@ -420,9 +420,9 @@ fn embed(a: EmbedArgs) -> Result<()> {
     let opts = options(&a.common)?;
     let run = pipeline::load_run(&a.run, &opts.device)?;
     let data = a.data.clone().unwrap_or(run.cfg.data.clone());
-    let splits = pipeline::load_data(&data)?;
+    let splits = pipeline::load_data(&data, &run.cfg)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let hw = pipeline::input_hw(&run.cfg, &splits.train);
+    let hw = pipeline::input_hw(&splits.train);
     let mut written = vec![];
     for (name, ds) in [
         ("train", Some(&splits.train)),
@@ -449,7 +449,9 @@ fn embed(a: EmbedArgs) -> Result<()> {
 }
 
 fn augment(a: AugmentArgs) -> Result<()> {
-    let splits = pipeline::load_data(&a.data)?;
+    let mut load_cfg = PretrainConfig::new("simclr", &a.data);
+    load_cfg.image_size = a.image_size;
+    let splits = pipeline::load_data(&a.data, &load_cfg)?;
     let ds = splits.train;
     if ds.is_empty() {
         bail!("dataset `{}` is empty", a.data);
@@ -468,8 +470,7 @@ fn augment(a: AugmentArgs) -> Result<()> {
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!("--set: {}", e.message()))?;
     }
-    let side = a.input_size;
-    let (oh, ow) = side.map(|s| (s, s)).unwrap_or((ds.height, ds.width));
+    let (oh, ow) = (ds.height, ds.width);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.common.seed);
     let mut cells: Vec<Vec<f32>> = vec![];
     let identity = AugmentConfig::none();

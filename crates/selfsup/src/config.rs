@@ -19,9 +19,13 @@ pub struct PretrainConfig {
     pub method: String,
     /// Dataset spec: digits, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, folder:DIR.
     pub data: String,
-    /// Side of the square images the encoder sees (views and evaluation); default: the dataset's.
+    /// Resize every image to this square side when loading (folders default to 32; other
+    /// datasets keep their native size unless it is set).
     #[serde(default)]
-    pub input_size: Option<usize>,
+    pub image_size: Option<usize>,
+    /// Skip undecodable images in folders (their count is printed) instead of failing.
+    #[serde(default)]
+    pub skip_bad_images: bool,
     /// Seed for initialization, data order and augmentations.
     #[serde(default)]
     pub seed: u64,
@@ -41,7 +45,8 @@ impl PretrainConfig {
         Self {
             method: method.to_string(),
             data: data.to_string(),
-            input_size: None,
+            image_size: None,
+            skip_bad_images: false,
             seed: 0,
             encoder: EncoderConfig::tiny(),
             simclr: SimClrConfig::default(),
@@ -57,8 +62,8 @@ impl PretrainConfig {
         }
         self.encoder.validate()?;
         self.train.validate()?;
-        if let Some(s) = self.input_size {
-            anyhow::ensure!(s >= 4, "input_size must be at least 4, got {s}");
+        if let Some(s) = self.image_size {
+            anyhow::ensure!(s >= 4, "image_size must be at least 4, got {s}");
         }
         Ok(())
     }

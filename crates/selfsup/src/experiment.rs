@@ -198,7 +198,7 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
     if let Some(e) = opts.epochs {
         cfg.train.epochs = e;
     }
-    let splits = pipeline::load_data(&cfg.data)?;
+    let splits = pipeline::load_data(&cfg.data, &cfg)?;
     let train = splits.train;
     let test = splits.test.context("digits has a test split")?;
     if opts.out.join("state.json").exists() {
@@ -206,7 +206,7 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
             .with_context(|| format!("clearing {}", opts.out.display()))?;
     }
     let report = pipeline::pretrain(&cfg, &opts.out, &opts.run)?;
-    let hw = pipeline::input_hw(&cfg, &train);
+    let hw = pipeline::input_hw(&train);
     let device = opts.run.device.clone();
     let trained = pipeline::load_run(&opts.out, &device)?;
     let random = pipeline::build_simclr(&cfg, train.channels, &device).encoder;

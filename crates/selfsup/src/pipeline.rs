@@ -69,17 +69,19 @@ pub struct PretrainReport {
     pub interrupted: bool,
 }
 
-/// The image side the encoder sees.
-pub fn input_hw(cfg: &PretrainConfig, ds: &ImageDataset) -> (usize, usize) {
-    match cfg.input_size {
-        Some(s) => (s, s),
-        None => (ds.height, ds.width),
-    }
+/// The image side the encoder sees: the dataset's, after any resize at load time.
+pub fn input_hw(ds: &ImageDataset) -> (usize, usize) {
+    (ds.height, ds.width)
 }
 
-/// Loads the dataset a config names.
-pub fn load_data(spec: &str) -> Result<Splits> {
-    data::load(spec, &LoadOptions::default())
+/// Loads a dataset spec with a run's loading options (image size, skipping bad images).
+pub fn load_data(spec: &str, cfg: &PretrainConfig) -> Result<Splits> {
+    let opts = LoadOptions {
+        image_size: cfg.image_size,
+        skip_bad_images: cfg.skip_bad_images,
+        grayscale: false,
+    };
+    data::load(spec, &opts)
 }
 
 /// Builds the method a config names, seeded.
@@ -96,7 +98,7 @@ pub fn pretrain(cfg: &PretrainConfig, out: &Path, opts: &RunOptions) -> Result<P
     cfg.validate()?;
     let run = train::new_run_dir(out)?;
     checkpoint::write_atomic(&run.config(), cfg.to_toml()?.as_bytes())?;
-    let splits = load_data(&cfg.data)?;
+    let splits = load_data(&cfg.data, cfg)?;
     run_pretraining(cfg, &run, splits.train, opts, false)
 }
 
@@ -104,7 +106,7 @@ pub fn pretrain(cfg: &PretrainConfig, out: &Path, opts: &RunOptions) -> Result<P
 pub fn resume(dir: &Path, opts: &RunOptions) -> Result<PretrainReport> {
     let run = RunDir(dir.to_path_buf());
     let cfg = PretrainConfig::load(&run.config(), &[])?;
-    let splits = load_data(&cfg.data)?;
+    let splits = load_data(&cfg.data, &cfg)?;
     run_pretraining(&cfg, &run, splits.train, opts, true)
 }
 
@@ -135,7 +137,7 @@ fn run_views<M: ImageMethod>(
     views: usize,
 ) -> Result<PretrainReport> {
     let device = opts.device.clone().autodiff();
-    let hw = input_hw(cfg, &train_set);
+    let hw = input_hw(&train_set);
     let channels = train_set.channels;
     let n_images = train_set.len();
     let batch = cfg.train.batch_size;
@@ -279,7 +281,7 @@ pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
 
 fn channels_of(cfg: &PretrainConfig) -> Result<usize> {
     // The channel count is fixed by the data; record-free: read it from the dataset header.
-    Ok(load_data(&cfg.data)
+    Ok(load_data(&cfg.data, cfg)
         .context("loading the run's dataset to know its channels")?
         .train
         .channels)

@@ -1,0 +1,177 @@
+//! The `selfsup` binary as a user runs it: bad input gives one clear error and exit code 1, never
+//! a panic; good input works end to end with --json.
+
+use std::process::Command;
+
+fn selfsup(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_selfsup"))
+        .args(args)
+        .output()
+        .expect("run selfsup");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let (code, _, err) = selfsup(args);
+    assert_eq!(code, 1, "{args:?} should exit 1; stderr: {err}");
+    assert!(
+        err.starts_with("error: ") && err.contains(needle),
+        "{args:?}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+}
+
+#[test]
+fn bad_input_gives_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("run");
+    let out = out.to_str().unwrap();
+    // Wrong magic number in an IDX file.
+    let idx = d.join("idx");
+    std::fs::create_dir_all(&idx).unwrap();
+    let mut bytes = vec![0u8, 0, 8, 3];
+    bytes.extend([0u8; 12]);
+    for name in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        std::fs::write(idx.join(name), [0u8, 0, 9, 9, 0, 0, 0, 1]).unwrap();
+    }
+    let spec = format!("mnist:{}", idx.display());
+    fails_with(&["pretrain", "--data", &spec, "--out", out], "magic");
+    fails_with(
+        &[
+            "pretrain",
+            "--data",
+            "mnist:/definitely/not/here",
+            "--out",
+            out,
+        ],
+        "/definitely/not/here",
+    );
+    fails_with(
+        &["pretrain", "--data", "nonsense", "--out", out],
+        "unknown dataset",
+    );
+    fails_with(
+        &[
+            "pretrain",
+            "--data",
+            "digits",
+            "--out",
+            out,
+            "--set",
+            "train.lr_max=1",
+        ],
+        "lr_max",
+    );
+    fails_with(
+        &[
+            "pretrain",
+            "--data",
+            "digits",
+            "--out",
+            out,
+            "--batch-size",
+            "1",
+        ],
+        "negatives",
+    );
+    let cfg = d.join("c.toml");
+    std::fs::write(&cfg, "method = \"simclr\"\ndata = \"digits\"\ncolour = 1\n").unwrap();
+    fails_with(
+        &["pretrain", "--config", cfg.to_str().unwrap(), "--out", out],
+        "colour",
+    );
+    fails_with(
+        &["probe", "--run", d.to_str().unwrap()],
+        "not a selfsup run folder",
+    );
+    fails_with(
+        &[
+            "knn",
+            "--run",
+            "pixels",
+            "--data",
+            "digits",
+            "--labels",
+            "3 per class",
+        ],
+        "3 per class",
+    );
+}
+
+#[test]
+fn pretrain_probe_knn_embed_augment_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = d.join("run");
+    let run_s = run.to_str().unwrap();
+    let j = d.join("p.json");
+    let (code, _, err) = selfsup(&[
+        "pretrain",
+        "--data",
+        "digits",
+        "--out",
+        run_s,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--set",
+        "encoder.widths=[8,16]",
+        "--set",
+        "encoder.strides=[1,2]",
+        "--json",
+        j.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert_eq!(report["steps"], 11);
+    let j = d.join("probe.json");
+    let (code, out, err) = selfsup(&[
+        "probe",
+        "--run",
+        run_s,
+        "--labels",
+        "2/class,100%",
+        "--draws",
+        "2",
+        "--json",
+        j.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2/class") && out.contains("100%"), "{out}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    let acc = rows[1]["mean"].as_f64().unwrap();
+    assert!(acc > 0.5 && acc <= 1.0, "probe accuracy {acc}");
+    let (code, _, err) = selfsup(&["knn", "--run", run_s, "--labels", "10%"]);
+    assert_eq!(code, 0, "{err}");
+    let emb = d.join("emb");
+    let (code, _, err) = selfsup(&["embed", "--run", run_s, "--out", emb.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let npy = std::fs::read(emb.join("test_embeddings.npy")).unwrap();
+    assert_eq!(&npy[..6], b"\x93NUMPY");
+    let png = d.join("grid.png");
+    let (code, _, err) = selfsup(&[
+        "augment",
+        "--data",
+        "digits",
+        "--out",
+        png.to_str().unwrap(),
+        "--images",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::metadata(&png).unwrap().len() > 100);
+}
