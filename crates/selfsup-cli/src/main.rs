@@ -8,6 +8,7 @@ use selfsup::data::augment::{augment_image, AugmentConfig};
 use selfsup::eval::{EvalConfig, LabelBudget};
 use selfsup::experiment::{self, DemoOptions};
 use selfsup::pipeline::{self, RunOptions};
+use selfsup::text_pipeline::{self, TextPretrainConfig};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -35,6 +36,43 @@ enum Command {
     Embed(EmbedArgs),
     /// Write a PNG grid of images and their augmented views, to look before training.
     Augment(AugmentArgs),
+    /// Language models: sample from a GPT run.
+    #[command(subcommand)]
+    Lm(LmCommand),
+}
+
+#[derive(Subcommand)]
+enum LmCommand {
+    /// Continue a prompt with a trained GPT (KV cache, temperature, top-k, top-p, stop strings).
+    Sample(SampleArgs),
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// A GPT run folder.
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long, default_value = "")]
+    prompt: String,
+    #[arg(long, default_value_t = 200)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Stop when the text contains this (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Recompute every position at each step instead of using the KV cache.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 #[derive(Args)]
@@ -69,12 +107,40 @@ struct DemoArgs {
 struct PretrainArgs {
     #[command(flatten)]
     common: Common,
-    /// simclr
+    /// simclr (images), gpt or mlm (text)
     #[arg(long)]
     method: Option<String>,
-    /// Dataset: digits, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, folder:DIR
+    /// Images: digits, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, folder:DIR.
+    /// Text: text:PATH (file or folder of .txt), jsonl:PATH[:field], json:PATH[:field]
     #[arg(long)]
     data: Option<String>,
+    /// Text: key tokenizer: byte, char, gpt2 or hf:tokenizer.json.
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// Text: key context (tokens per sequence).
+    #[arg(long)]
+    context: Option<usize>,
+    /// Text: key model.d_model.
+    #[arg(long)]
+    d_model: Option<usize>,
+    /// Text: key model.n_layers.
+    #[arg(long)]
+    n_layers: Option<usize>,
+    /// Text: key model.n_heads.
+    #[arg(long)]
+    n_heads: Option<usize>,
+    /// Text: key model.dropout.
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Key train.steps: a budget in optimizer steps (overrides epochs).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Key train.grad_accum: micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Key train.eval_every: steps between evaluations (validation loss).
+    #[arg(long)]
+    eval_every: Option<usize>,
     /// New run folder.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -217,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Knn(a) => evaluate(a, false),
         Command::Embed(a) => embed(a),
         Command::Augment(a) => augment(a),
+        Command::Lm(LmCommand::Sample(a)) => sample(a),
     }
 }
 
@@ -263,7 +330,11 @@ fn demo(a: DemoArgs) -> Result<()> {
 fn pretrain(a: PretrainArgs) -> Result<()> {
     let opts = options(&a.common)?;
     if let Some(dir) = &a.resume {
-        let report = pipeline::resume(dir, &opts)?;
+        let report = if TextPretrainConfig::is_text_method(&text_pipeline::run_method(dir)?) {
+            text_pipeline::resume_text(dir, &opts)?
+        } else {
+            pipeline::resume(dir, &opts)?
+        };
         print_pretrain(&report);
         return write_json(&a.common.json, &report);
     }
@@ -306,8 +377,53 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         "skip_bad_images",
         a.skip_bad_images.then(|| "true".to_string()),
     );
+    put(
+        "tokenizer",
+        a.tokenizer.as_ref().map(|v| format!("\"{v}\"")),
+    );
+    put("context", a.context.map(|v| v.to_string()));
+    put("model.d_model", a.d_model.map(|v| v.to_string()));
+    put("model.n_layers", a.n_layers.map(|v| v.to_string()));
+    put("model.n_heads", a.n_heads.map(|v| v.to_string()));
+    put("model.dropout", a.dropout.map(|v| format!("{v:?}")));
+    put("train.steps", a.steps.map(|v| v.to_string()));
+    put("train.grad_accum", a.grad_accum.map(|v| v.to_string()));
+    put("train.eval_every", a.eval_every.map(|v| v.to_string()));
     for s in &a.set {
         sets.push(parse_set(s)?);
+    }
+    let method = match (&a.method, &a.config) {
+        (Some(m), _) => m.clone(),
+        (None, Some(p)) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let v: toml::Value =
+                toml::from_str(&text).with_context(|| format!("{}: invalid TOML", p.display()))?;
+            v.get("method")
+                .and_then(|m| m.as_str())
+                .unwrap_or("simclr")
+                .to_string()
+        }
+        (None, None) => "simclr".into(),
+    };
+    if TextPretrainConfig::is_text_method(&method) {
+        let cfg = match &a.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                TextPretrainConfig::from_toml(&text, &p.display().to_string(), &sets)?
+            }
+            None => {
+                let data = a
+                    .data
+                    .clone()
+                    .context("--data SPEC is required (or --config FILE)")?;
+                TextPretrainConfig::new(&method, &data).with_overrides(&sets)?
+            }
+        };
+        let report = text_pipeline::pretrain_text(&cfg, &out, &opts)?;
+        print_pretrain(&report);
+        return write_json(&a.common.json, &report);
     }
     let mut cfg = match &a.config {
         Some(p) => PretrainConfig::load(p, &sets)?,
@@ -509,4 +625,23 @@ fn augment(a: AugmentArgs) -> Result<()> {
         a.views
     );
     Ok(())
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    let opts = options(&a.common)?;
+    let (_cfg, tok, model) = text_pipeline::load_gpt(&a.run, &opts.device)?;
+    let cfg = selfsup::lm::generate::SamplingConfig::new()
+        .with_max_new_tokens(a.max_tokens)
+        .with_temperature(a.temperature)
+        .with_top_k(a.top_k)
+        .with_top_p(a.top_p)
+        .with_stop(a.stop.clone())
+        .with_seed(a.common.seed)
+        .with_kv_cache(!a.no_cache);
+    let g = selfsup::lm::generate::generate(&model, tok.as_ref(), &a.prompt, &cfg)?;
+    println!("{}{}", a.prompt, g.text);
+    write_json(
+        &a.common.json,
+        &serde_json::json!({"prompt": a.prompt, "text": g.text, "ids": g.ids, "stop": format!("{:?}", g.stop)}),
+    )
 }

@@ -11,4 +11,5 @@ pub mod methods;
 pub mod nn;
 pub mod pipeline;
 pub mod report;
+pub mod text_pipeline;
 pub mod train;

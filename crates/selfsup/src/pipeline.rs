@@ -180,7 +180,7 @@ fn run_views<M: ImageMethod>(
     } else {
         let total = match cfg.train.minutes {
             Some(minutes) => calibrate_steps(cfg, &loader, channels, &device, minutes)?,
-            None => cfg.train.epochs * spe,
+            None => train::total_steps(&cfg.train, spe),
         };
         let state = RunState {
             step: 0,
@@ -195,17 +195,20 @@ fn run_views<M: ImageMethod>(
     }
     let start = state.step;
     let total = state.total_steps;
+    let accum = cfg.train.grad_accum.max(1);
     let stop = opts
         .stop_at_step
         .map(|s| s.clamp(start, total))
         .unwrap_or(total);
     let dev = device.clone();
-    let batches = loader.prefetch(start, stop, 3).map(move |vb| {
-        vb.views
-            .into_iter()
-            .map(|v| Tensor::<4>::from_data(TensorData::new(v, [vb.n, vb.c, vb.h, vb.w]), &dev))
-            .collect::<Vec<_>>()
-    });
+    let batches = loader
+        .prefetch(start * accum, stop * accum, 3)
+        .map(move |vb| {
+            vb.views
+                .into_iter()
+                .map(|v| Tensor::<4>::from_data(TensorData::new(v, [vb.n, vb.c, vb.h, vb.w]), &dev))
+                .collect::<Vec<_>>()
+        });
     let spec = FitSpec {
         cfg: &cfg.train,
         run,
@@ -214,7 +217,7 @@ fn run_views<M: ImageMethod>(
         label: &cfg.method,
         stop_at: stop,
     };
-    let (_model, state, outcome) = train::fit(model, opt, state, &spec, batches)?;
+    let (_model, state, outcome) = train::fit(model, opt, state, &spec, batches, None)?;
     Ok(PretrainReport {
         run_dir: run.0.clone(),
         steps: state.step,

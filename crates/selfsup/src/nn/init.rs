@@ -60,3 +60,22 @@ pub fn init_seeded<M: Module>(module: M, seed: u64) -> M {
     };
     module.map(&mut m)
 }
+
+/// Builds a module whose initializers draw from burn's device RNG, deterministically: the RNG is
+/// seeded and every parameter materialized under a process-wide lock, so concurrent builds (tests,
+/// experiments) cannot interleave their draws.
+pub fn seeded<M: Module>(device: &Device, seed: u64, build: impl FnOnce() -> M) -> M {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    let module = build();
+    // Parameters may be initialized lazily; touching each one draws its values now.
+    struct Touch;
+    impl burn::module::ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}

@@ -39,6 +39,8 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Budget in epochs…
     pub epochs: usize,
+    /// …or in optimizer steps (overrides epochs)…
+    pub steps: Option<usize>,
     /// …or in minutes of wall time (then the step count is fixed from the speed of the first steps).
     pub minutes: Option<f64>,
     /// Clip the global gradient norm to this value.
@@ -47,6 +49,10 @@ pub struct TrainConfig {
     pub checkpoint_minutes: f64,
     /// Steps between metrics.jsonl lines.
     pub log_every: usize,
+    /// Micro-batches whose gradients are summed into one optimizer step.
+    pub grad_accum: usize,
+    /// Steps between evaluations (validation loss, collapse diagnostics); 0 = once per epoch.
+    pub eval_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -64,6 +70,9 @@ impl Default for TrainConfig {
             grad_clip: None,
             checkpoint_minutes: 5.0,
             log_every: 10,
+            steps: None,
+            grad_accum: 1,
+            eval_every: 0,
         }
     }
 }
@@ -82,9 +91,10 @@ impl TrainConfig {
         );
         anyhow::ensure!(self.batch_size > 0, "batch_size must be positive");
         anyhow::ensure!(
-            self.epochs > 0 || self.minutes.is_some(),
-            "give epochs > 0 or minutes"
+            self.epochs > 0 || self.minutes.is_some() || self.steps.is_some_and(|s| s > 0),
+            "give epochs > 0, steps > 0 or minutes"
         );
+        anyhow::ensure!(self.grad_accum >= 1, "grad_accum must be at least 1");
         if let Some(m) = self.minutes {
             anyhow::ensure!(m > 0.0, "minutes must be positive");
         }
@@ -109,6 +119,9 @@ pub struct RunState {
     /// Wall-clock seconds spent training, summed over resumes.
     pub train_seconds: f64,
     pub finished: bool,
+    /// Values of the last evaluation (validation loss, diagnostics).
+    #[serde(default)]
+    pub last_eval: std::collections::BTreeMap<String, f64>,
 }
 
 /// How a call to [`fit`] ended.
@@ -245,6 +258,15 @@ pub struct FitSpec<'a> {
     pub stop_at: usize,
 }
 
+/// Evaluation run every `eval_every` steps on the current model (e.g. validation loss,
+/// collapse diagnostics); its named values go to metrics.jsonl and the progress bar.
+pub type EvalHook<'a, M> = Box<dyn FnMut(&M, usize) -> Result<Vec<(String, f64)>> + 'a>;
+
+/// The schedule length of a budget: explicit steps, else epochs × steps per epoch.
+pub fn total_steps(cfg: &TrainConfig, steps_per_epoch: usize) -> usize {
+    cfg.steps.unwrap_or(cfg.epochs * steps_per_epoch).max(1)
+}
+
 /// One batch and the seconds the trainer waited for it.
 pub type Timed<B> = (B, f64);
 
@@ -258,6 +280,7 @@ pub fn fit<M: Objective>(
     mut state: RunState,
     spec: &FitSpec,
     batches: impl Iterator<Item = M::Batch>,
+    mut eval: Option<EvalHook<'_, M>>,
 ) -> Result<(M, RunState, Outcome)> {
     let cfg = spec.cfg;
     let warmup = (cfg.warmup_epochs * state.steps_per_epoch as f64).round() as usize;
@@ -293,10 +316,6 @@ pub fn fit<M: Objective>(
             break;
         }
         let t0 = Instant::now();
-        let Some(batch) = batches.next() else {
-            bail!("the data ran out at step {}", state.step)
-        };
-        let waited = t0.elapsed().as_secs_f64();
         let lr = optim::lr_at(
             state.step,
             state.total_steps,
@@ -304,18 +323,34 @@ pub fn fit<M: Objective>(
             cfg.lr,
             cfg.final_lr_frac,
         );
-        let loss = model.loss(batch);
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        if !loss_value.is_finite() {
-            bar.abandon();
-            bail!(
-                "loss is {loss_value} at step {}: training stopped; the last good checkpoint in {} is kept \
-                 (try a lower lr or grad_clip)",
-                state.step,
-                spec.run.0.display()
-            );
+        let accum = cfg.grad_accum.max(1);
+        let mut waited = 0.0;
+        let mut loss_value = 0.0;
+        let mut acc = burn::optim::GradientsAccumulator::<M>::new();
+        for _ in 0..accum {
+            let tw = Instant::now();
+            let Some(batch) = batches.next() else {
+                bail!("the data ran out at step {}", state.step)
+            };
+            waited += tw.elapsed().as_secs_f64();
+            let mut loss = model.loss(batch);
+            if accum > 1 {
+                loss = loss.div_scalar(accum as f64);
+            }
+            let v = loss.clone().into_scalar::<f32>() as f64;
+            if !v.is_finite() {
+                bar.abandon();
+                bail!(
+                    "loss is {v} at step {}: training stopped; the last good checkpoint in {} is kept \
+                     (try a lower lr or grad_clip)",
+                    state.step,
+                    spec.run.0.display()
+                );
+            }
+            loss_value += v;
+            acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut grads = acc.grads();
         if let Some(max) = cfg.grad_clip {
             clip_global_norm(&model, &mut grads, max);
         }
@@ -349,6 +384,29 @@ pub fn fit<M: Objective>(
                 100.0 * wait
             ));
             (wait_acc, time_acc, loss_acc, n_acc) = (0.0, 0.0, 0.0, 0);
+        }
+        let eval_every = if cfg.eval_every > 0 {
+            cfg.eval_every
+        } else {
+            state.steps_per_epoch.max(1)
+        };
+        if let Some(hook) = eval.as_mut() {
+            if state.step % eval_every == 0 || state.step == state.total_steps {
+                let values = hook(&model, state.step)?;
+                if !values.is_empty() {
+                    let mut line = serde_json::Map::new();
+                    line.insert("step".into(), state.step.into());
+                    let mut shown = vec![];
+                    for (k, v) in &values {
+                        line.insert(k.clone(), serde_json::json!(v));
+                        shown.push(format!("{k} {v:.4}"));
+                    }
+                    writeln!(metrics, "{}", serde_json::Value::Object(line))
+                        .with_context(|| format!("writing {}", spec.run.metrics().display()))?;
+                    bar.println(format!("step {}: {}", state.step, shown.join("  ")));
+                    state.last_eval = values.into_iter().collect();
+                }
+            }
         }
         bar.set_position(state.step as u64);
         if last_ckpt.elapsed().as_secs_f64() > cfg.checkpoint_minutes * 60.0 {
