@@ -5,6 +5,7 @@ pub mod bpe;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod sentence;
 pub mod text_data;
 pub mod tokenizer;
 pub mod weights;
