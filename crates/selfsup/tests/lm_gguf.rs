@@ -56,7 +56,7 @@ fn all_types() -> Vec<(&'static str, MetaValue)> {
         ("t.i16", MetaValue::I16(-30000)),
         ("t.u32", MetaValue::U32(4_000_000_000)),
         ("t.i32", MetaValue::I32(-2_000_000_000)),
-        ("t.f32", MetaValue::F32(9.999_999_7e-6)),
+        ("t.f32", MetaValue::F32(1e-5)),
         ("t.bool", MetaValue::Bool(true)),
         ("t.str", MetaValue::Str("héllo <|im_start|>".into())),
         (
@@ -99,7 +99,7 @@ fn metadata_of_every_type_round_trips() {
     }
     assert_eq!(g.metadata().len(), all_types().len());
     assert_eq!(g.get_usize("t.u32").unwrap(), 4_000_000_000);
-    assert_eq!(g.get_f64("t.f32").unwrap(), 9.999_999_7e-6f32 as f64);
+    assert_eq!(g.get_f64("t.f32").unwrap(), 1e-5f32 as f64);
     assert_eq!(g.get_str("t.str").unwrap(), "héllo <|im_start|>");
     assert_eq!(g.get_array("t.arr_i32").unwrap().len(), 2);
     let e = g.get_usize("t.i8").unwrap_err().to_string();
@@ -189,7 +189,7 @@ fn half_and_bfloat_values() {
 fn q8_0_block_is_scale_times_signed_bytes() {
     // d = 0.5 (f16 0x3800); q_j = 8j - 128 covers -128..120.
     let mut b = le16(0x3800).to_vec();
-    b.extend((0..32).map(|j| (8 * j as i32 - 128) as i8 as u8));
+    b.extend((0..32).map(|j| (8 * j - 128) as i8 as u8));
     let y = dequantize(GgmlType::Q8_0, &b, 32).unwrap();
     assert_eq!(y[0], -64.0);
     assert_eq!(y[16], 0.0);

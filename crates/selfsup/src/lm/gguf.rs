@@ -391,7 +391,7 @@ impl GgufFile {
         for t in &tensors {
             let ty = t.ggml_type;
             ensure!(
-                t.ne[0] as usize % ty.block_size() == 0,
+                (t.ne[0] as usize).is_multiple_of(ty.block_size()),
                 "{source}: tensor {}: row length {} is not a multiple of the {} block size {}",
                 t.name,
                 t.ne[0],
@@ -399,7 +399,7 @@ impl GgufFile {
                 ty.block_size()
             );
             ensure!(
-                t.offset as usize % alignment == 0,
+                (t.offset as usize).is_multiple_of(alignment),
                 "{source}: tensor {}: data offset {} is not a multiple of the alignment {alignment}",
                 t.name,
                 t.offset
