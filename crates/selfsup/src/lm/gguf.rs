@@ -404,8 +404,8 @@ impl GgufFile {
                 t.name,
                 t.offset
             );
-            let start = data_offset as u64 + t.offset;
-            let end = start + t.n_bytes() as u64;
+            let start = (data_offset as u64).saturating_add(t.offset);
+            let end = start.saturating_add(t.n_bytes() as u64);
             if end > file_len as u64 {
                 bail!(
                     "{source}: truncated file: tensor {} ({}, {:?}) needs bytes {start}..{end}, \

@@ -159,41 +159,54 @@ impl RmsNorm {
 /// Rotary position embedding of `x` `[B, H, T, Dh]` whose positions are `start..start+T`:
 /// each adjacent pair `(x[2i], x[2i+1])` is rotated by the angle `pos · base^(-2i/Dh)`.
 pub fn rope(x: Tensor<4>, start: usize, base: f64) -> Tensor<4> {
-    let [b, h, t, dh] = x.dims();
-    let half = dh / 2;
-    let (cos, sin) = rope_tables(start, t, dh, base);
+    let [_, _, t, dh] = x.dims();
     let device = x.device();
-    let table = |v: Vec<f32>| {
-        Tensor::<2>::from_data(TensorData::new(v, [t, half]), &device)
-            .reshape([1, 1, t, half])
-            .expand([b, h, t, half])
-    };
-    let (cos, sin) = (table(cos), table(sin));
-    let pairs = x.reshape([b, h, t, half, 2]);
-    let x0 = pairs.clone().narrow(4, 0, 1).reshape([b, h, t, half]);
-    let x1 = pairs.narrow(4, 1, 1).reshape([b, h, t, half]);
-    let y0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
-    let y1 = x0 * sin + x1 * cos;
-    Tensor::stack::<5>(vec![y0, y1], 4).reshape([b, h, t, dh])
+    RopeTables::new(start, t, dh, base, &device).apply(x)
 }
 
-/// `cos` and `sin` `[T, Dh/2]` (row-major) of the RoPE angles, computed as Hugging Face
-/// does: `θ_i = 1 / base^(2i/Dh)` and `pos · θ_i` in f32.
-pub fn rope_tables(start: usize, t: usize, dh: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = dh / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dh as f32))
-        .collect();
-    let mut cos = Vec::with_capacity(t * half);
-    let mut sin = Vec::with_capacity(t * half);
-    for p in start..start + t {
-        for &f in &inv {
-            let angle = (p as f32 * f) as f64;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
+/// `cos` and `sin` `[T, Dh/2]` of the RoPE angles of positions `start..start+T`, computed as
+/// Hugging Face does: `θ_i = 1 / base^(2i/Dh)` and `pos · θ_i` in f32.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+}
+
+impl RopeTables {
+    pub fn new(start: usize, t: usize, dh: usize, base: f64, device: &Device) -> Self {
+        let half = dh / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dh as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in start..start + t {
+            for &f in &inv {
+                let angle = (p as f32 * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [t, half]), device);
+        Self {
+            cos: table(cos),
+            sin: table(sin),
         }
     }
-    (cos, sin)
+
+    /// Rotates the adjacent pairs of `x` `[B, H, T, Dh]`.
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, h, t, dh] = x.dims();
+        let half = dh / 2;
+        let expand = |v: &Tensor<2>| v.clone().reshape([1, 1, t, half]).expand([b, h, t, half]);
+        let (cos, sin) = (expand(&self.cos), expand(&self.sin));
+        let pairs = x.reshape([b, h, t, half, 2]);
+        let x0 = pairs.clone().narrow(4, 0, 1).reshape([b, h, t, half]);
+        let x1 = pairs.narrow(4, 1, 1).reshape([b, h, t, half]);
+        let y0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
+        let y1 = x0 * sin + x1 * cos;
+        Tensor::stack::<5>(vec![y0, y1], 4).reshape([b, h, t, dh])
+    }
 }
 
 /// Key/value heads `[B, Hkv, T, Dh]` repeated for grouped-query attention: output head `j`
@@ -217,7 +230,6 @@ pub struct LlamaAttention {
     pub wo: Param<Tensor<2>>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
-    pub rope_base: f64,
     pub dropout: Dropout,
 }
 
@@ -232,25 +244,17 @@ fn project(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
 }
 
 impl LlamaAttention {
-    /// `x` `[B, T, D]` at positions `start..start+T`; with a cache, the keys/values of the
+    /// `x` `[B, T, D]` at the positions of `rope`; with a cache, the keys/values of the
     /// earlier positions come from it and this step's are appended.
     fn forward(
         &self,
         x: Tensor<3>,
-        start: usize,
+        rope: &RopeTables,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let t = x.dims()[1];
-        let q = rope(
-            split_heads(project(x.clone(), &self.wq), self.n_heads),
-            start,
-            self.rope_base,
-        );
-        let k = rope(
-            split_heads(project(x.clone(), &self.wk), self.n_kv_heads),
-            start,
-            self.rope_base,
-        );
+        let q = rope.apply(split_heads(project(x.clone(), &self.wq), self.n_heads));
+        let k = rope.apply(split_heads(project(x.clone(), &self.wk), self.n_kv_heads));
         let v = split_heads(project(x, &self.wv), self.n_kv_heads);
         let (k, v) = match cache {
             Some(slot) => {
@@ -336,6 +340,8 @@ pub struct Llama {
     /// `output.weight` `[vocab, d_model]`; None when tied to `token_embd`.
     pub output: Option<Param<Tensor<2>>>,
     pub context_length: usize,
+    /// RoPE base frequency.
+    pub rope_base: f64,
 }
 
 /// Activations kept for inspection and parity tests.
@@ -378,7 +384,6 @@ impl Llama {
                     wo: load2(&p("attn_output"), [d, cfg.n_heads * dh])?,
                     n_heads: cfg.n_heads,
                     n_kv_heads: cfg.n_kv_heads,
-                    rope_base: cfg.rope_base,
                     dropout: DropoutConfig::new(0.0).init(),
                 },
                 ffn_norm: norm(&p("ffn_norm"))?,
@@ -400,6 +405,7 @@ impl Llama {
             output_norm: norm("output_norm.weight")?,
             output,
             context_length: cfg.context_length,
+            rope_base: cfg.rope_base,
         };
         Ok((model, cfg))
     }
@@ -531,6 +537,8 @@ impl Llama {
         let t = ids.dims()[1];
         let start = cache.as_ref().map_or(0, |c| c.len());
         let mut x = burn::tensor::module::embedding(self.token_embd.val(), ids);
+        let dh = self.d_model() / self.blocks[0].attn.n_heads;
+        let rope = RopeTables::new(start, t, dh, self.rope_base, &x.device());
         if let Some(tr) = trace.as_deref_mut() {
             tr.push(x.clone());
         }
@@ -538,7 +546,7 @@ impl Llama {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let a = block
                 .attn
-                .forward(block.attn_norm.forward(x.clone()), start, slot);
+                .forward(block.attn_norm.forward(x.clone()), &rope, slot);
             x = x + a;
             x = x.clone() + block.mlp.forward(block.ffn_norm.forward(x));
             if let Some(tr) = trace.as_deref_mut() {
