@@ -126,33 +126,63 @@ fn a_model_folder_without_its_files_is_a_clear_error() {
     config.save(dir.path().join("config.json")).unwrap();
     let e = err(dir.path());
     assert!(e.contains("missing model.safetensors"), "{e}");
-    // A checkpoint that lacks a tensor names it.
+    // Checkpoints written from a model of this config, with one tensor dropped or reshaped.
     let full = config.init(&Device::flex()).export();
+    let write = |skip: &str, reshape: &str| {
+        let tensors = full
+            .names()
+            .into_iter()
+            .filter(|&n| n != skip)
+            .map(|n| {
+                let shape = full.shape(n).unwrap().to_vec();
+                let v = full.values(n, &shape).unwrap().to_vec();
+                let shape = if n == reshape {
+                    vec![shape.iter().product()]
+                } else {
+                    shape
+                };
+                (n.to_string(), (shape, v))
+            })
+            .collect();
+        let path = dir.path().join("model.safetensors");
+        Weights::from_tensors("partial", tensors)
+            .save(&path)
+            .unwrap();
+        path
+    };
     let dropped = "encoder.layer.0.output.dense.weight";
-    let tensors = full
-        .names()
-        .into_iter()
-        .filter(|&n| n != dropped)
-        .map(|n| {
-            let shape = full.shape(n).unwrap().to_vec();
-            let v = full.values(n, &shape).unwrap().to_vec();
-            (n.to_string(), (shape, v))
-        })
-        .collect();
-    Weights::from_tensors("partial", tensors)
-        .save(dir.path().join("model.safetensors"))
-        .unwrap();
+    write(dropped, "");
     let e = err(dir.path());
     assert!(
-        e.contains("model.safetensors") && e.contains(dropped),
+        e.contains("model.safetensors") && e.contains("missing tensor") && e.contains(dropped),
         "{e}"
     );
-    std::fs::write(dir.path().join("model.safetensors"), b"not safetensors").unwrap();
+    let reshaped = "encoder.layer.0.attention.self.key.weight";
+    write("", reshaped);
+    let e = err(dir.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains(reshaped) && e.contains("[64]"),
+        "{e}"
+    );
+    // Truncated, and not safetensors at all.
+    let path = write("", "");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let e = err(dir.path());
     assert!(
         e.contains("model.safetensors") && e.contains("not a valid safetensors"),
         "{e}"
     );
+    std::fs::write(&path, b"not safetensors").unwrap();
+    let e = err(dir.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+    // With valid weights, a missing tokenizer.json is named.
+    write("", "");
+    let e = err(dir.path());
+    assert!(e.contains("missing tokenizer.json"), "{e}");
 }
 
 /// Token ids, masks and WordPiece strings of every fixture sentence.
