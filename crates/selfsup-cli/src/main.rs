@@ -36,9 +36,26 @@ enum Command {
     Embed(EmbedArgs),
     /// Write a PNG grid of images and their augmented views, to look before training.
     Augment(AugmentArgs),
+    /// Sentence embeddings (mean-pooled, L2-normalized) from a BERT folder such as all-MiniLM-L6-v2.
+    EmbedText(EmbedTextArgs),
     /// Language models: sample from a GPT run.
     #[command(subcommand)]
     Lm(LmCommand),
+}
+
+#[derive(Args)]
+struct EmbedTextArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Folder with model.safetensors, config.json and tokenizer.json (Hugging Face BERT layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// Text file, one sentence per line (empty lines are skipped).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output .npy of shape [sentences, dim].
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -284,6 +301,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Embed(a) => embed(a),
         Command::Augment(a) => augment(a),
         Command::Lm(LmCommand::Sample(a)) => sample(a),
+        Command::EmbedText(a) => embed_text(a),
     }
 }
 
@@ -643,5 +661,41 @@ fn sample(a: SampleArgs) -> Result<()> {
     write_json(
         &a.common.json,
         &serde_json::json!({"prompt": a.prompt, "text": g.text, "ids": g.ids, "stop": format!("{:?}", g.stop)}),
+    )
+}
+
+fn embed_text(a: EmbedTextArgs) -> Result<()> {
+    let opts = options(&a.common)?;
+    let text = std::fs::read_to_string(&a.input)
+        .with_context(|| format!("reading {}", a.input.display()))?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        bail!(
+            "{}: no sentences (one per line expected)",
+            a.input.display()
+        );
+    }
+    let enc = selfsup::lm::sentence::SentenceEncoder::load(&a.model, &opts.device)?;
+    let mut flat = Vec::new();
+    let mut dim = 0;
+    for chunk in lines.chunks(64) {
+        for v in enc.embed(chunk)? {
+            dim = v.len();
+            flat.extend(v);
+        }
+    }
+    selfsup::eval::write_npy_f32(&a.out, &flat, &[lines.len(), dim])?;
+    println!(
+        "wrote {} ({} sentences × {dim})",
+        a.out.display(),
+        lines.len()
+    );
+    write_json(
+        &a.common.json,
+        &serde_json::json!({"out": a.out, "sentences": lines.len(), "dim": dim}),
     )
 }
