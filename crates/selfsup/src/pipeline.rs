@@ -211,7 +211,7 @@ fn run_views<M: ImageMethod>(
         });
     let spec = FitSpec {
         cfg: &cfg.train,
-        run,
+        run: Some(run),
         samples_per_step: batch,
         progress: opts.progress,
         label: &cfg.method,

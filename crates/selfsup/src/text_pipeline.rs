@@ -386,7 +386,7 @@ fn fit_text<M: crate::methods::Objective>(
     let batches = (state.step * accum..stop * accum).map(make);
     let spec = FitSpec {
         cfg: &cfg.train,
-        run,
+        run: Some(run),
         samples_per_step: cfg.train.batch_size * cfg.context * accum,
         progress: opts.progress,
         label: &cfg.method,

@@ -9,6 +9,7 @@
 
 mod budget;
 mod features;
+pub mod finetune;
 mod knn;
 mod npy;
 mod probe;

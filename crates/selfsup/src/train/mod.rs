@@ -247,7 +247,9 @@ pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_n
 /// Everything [`fit`] needs besides the model and the batches.
 pub struct FitSpec<'a> {
     pub cfg: &'a TrainConfig,
-    pub run: &'a RunDir,
+    /// Run folder for metrics.jsonl and checkpoints; None trains in memory only (fine-tuning
+    /// inside an experiment).
+    pub run: Option<&'a RunDir>,
     /// Samples per step, for the images/s figure.
     pub samples_per_step: usize,
     /// Show a progress bar (off in tests).
@@ -299,11 +301,23 @@ pub fn fit<M: Objective>(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(spec.run.metrics())
-        .with_context(|| format!("opening {}", spec.run.metrics().display()))?;
+    let mut metrics = match spec.run {
+        Some(run) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run.metrics())
+                .with_context(|| format!("opening {}", run.metrics().display()))?,
+        ),
+        None => None,
+    };
+    let mut log = |line: serde_json::Value| -> Result<()> {
+        if let (Some(f), Some(run)) = (metrics.as_mut(), spec.run) {
+            writeln!(f, "{line}")
+                .with_context(|| format!("writing {}", run.metrics().display()))?;
+        }
+        Ok(())
+    };
     let started = Instant::now();
     let base_seconds = state.train_seconds;
     let mut last_ckpt = Instant::now();
@@ -344,7 +358,7 @@ pub fn fit<M: Objective>(
                     "loss is {v} at step {}: training stopped; the last good checkpoint in {} is kept \
                      (try a lower lr or grad_clip)",
                     state.step,
-                    spec.run.0.display()
+                    spec.run.map(|r| r.0.display().to_string()).unwrap_or_else(|| "memory".into())
                 );
             }
             loss_value += v;
@@ -374,8 +388,7 @@ pub fn fit<M: Objective>(
                 "samples_per_s": ips,
                 "data_wait_frac": wait,
             });
-            writeln!(metrics, "{line}")
-                .with_context(|| format!("writing {}", spec.run.metrics().display()))?;
+            log(line)?;
             bar.set_message(format!(
                 "loss {:.4}  lr {:.2e}  {:.0} img/s  data wait {:.0}%",
                 loss_acc / n_acc as f64,
@@ -401,8 +414,7 @@ pub fn fit<M: Objective>(
                         line.insert(k.clone(), serde_json::json!(v));
                         shown.push(format!("{k} {v:.4}"));
                     }
-                    writeln!(metrics, "{}", serde_json::Value::Object(line))
-                        .with_context(|| format!("writing {}", spec.run.metrics().display()))?;
+                    log(serde_json::Value::Object(line))?;
                     bar.println(format!("step {}: {}", state.step, shown.join("  ")));
                     state.last_eval = values.into_iter().collect();
                 }
@@ -411,13 +423,17 @@ pub fn fit<M: Objective>(
         bar.set_position(state.step as u64);
         if last_ckpt.elapsed().as_secs_f64() > cfg.checkpoint_minutes * 60.0 {
             state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
-            spec.run.save_checkpoint(&model, &opt, &state)?;
+            if let Some(run) = spec.run {
+                run.save_checkpoint(&model, &opt, &state)?;
+            }
             last_ckpt = Instant::now();
         }
     }
     state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
     state.finished = state.step >= state.total_steps;
-    spec.run.save_checkpoint(&model, &opt, &state)?;
+    if let Some(run) = spec.run {
+        run.save_checkpoint(&model, &opt, &state)?;
+    }
     bar.finish_and_clear();
     Ok((model, state, outcome))
 }

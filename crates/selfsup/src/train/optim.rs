@@ -105,3 +105,46 @@ pub fn lr_at(step: usize, total: usize, warmup: usize, base: f64, final_frac: f6
     let end = base * final_frac;
     end + (base - end) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
 }
+
+/// Wraps an optimizer so that its parameter group learns at `scale` × the scheduled rate (a lower
+/// learning rate for a pretrained encoder during fine-tuning).
+#[derive(Clone, Debug)]
+pub struct ScaledLr<O> {
+    pub inner: O,
+    pub scale: f64,
+}
+
+impl<O: Optimizer> Optimizer for ScaledLr<O> {
+    type State<const D: usize> = O::State<D>;
+    fn step<const D: usize>(
+        &self,
+        lr: f64,
+        w: Tensor<D>,
+        g: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        self.inner.step(lr * self.scale, w, g, state)
+    }
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        O::to_device(state, device)
+    }
+}
+
+/// AdamW for a whole module, with the parameters of `group` at `scale` × the learning rate.
+pub fn adamw_with_scaled_group(
+    weight_decay: f64,
+    group: burn::module::ParamGroup,
+    scale: f64,
+) -> ModuleOptimizer {
+    let cfg = AdamWConfig::new()
+        .with_weight_decay(weight_decay as f32)
+        .with_epsilon(1e-8);
+    ModuleOptimizer::from(cfg.build()).with_group(
+        group,
+        ScaledLr {
+            inner: cfg.build(),
+            scale,
+        },
+        None,
+    )
+}

@@ -1,0 +1,219 @@
+//! Fine-tuning end to end (encoder + a new linear head, the encoder at a lower learning rate) and
+//! supervised training from scratch with the same architecture, augmentation and labels — the
+//! baselines that self-supervised pretraining must beat when labels are scarce.
+
+use crate::data::augment::AugmentConfig;
+use crate::data::loader::ViewLoader;
+use crate::data::ImageDataset;
+use crate::methods::Objective;
+use crate::nn::Encoder;
+use crate::train::{self, FitSpec, RunState, TrainConfig};
+use anyhow::{ensure, Result};
+use burn::module::{Module, ParamGroup};
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Encoder f followed by a linear classifier on h.
+#[derive(Module, Debug)]
+pub struct Classifier {
+    pub encoder: Encoder,
+    pub head: Linear,
+}
+
+impl Classifier {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.head.forward(self.encoder.forward(x))
+    }
+}
+
+/// Mean cross-entropy of logits [N, C] against class ids.
+pub fn cross_entropy(logits: Tensor<2>, labels: &[u32]) -> Tensor<1> {
+    let [n, c] = logits.dims();
+    let mut onehot = vec![0f32; n * c];
+    for (i, &l) in labels.iter().enumerate() {
+        onehot[i * c + l as usize] = 1.0;
+    }
+    let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [n, c]), &logits.device());
+    (log_softmax(logits, 1) * onehot)
+        .sum()
+        .div_scalar(-(n as f64))
+}
+
+impl Objective for Classifier {
+    type Batch = (Tensor<4>, Vec<u32>);
+    fn loss(&self, (x, y): (Tensor<4>, Vec<u32>)) -> Tensor<1> {
+        cross_entropy(self.forward(x), &y)
+    }
+}
+
+/// Fine-tuning / from-scratch hyperparameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    /// Optimizer steps (at least; small label sets repeat their images).
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Learning rate of the head (and of everything when training from scratch).
+    pub lr: f64,
+    /// The pretrained encoder learns at lr × this.
+    pub encoder_lr_scale: f64,
+    pub weight_decay: f64,
+    /// Augmentation of the labelled images (light: crops that keep most of the object).
+    pub augment: AugmentConfig,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        let mut augment = AugmentConfig::none();
+        augment.crop_scale = (0.6, 1.0);
+        Self {
+            steps: 300,
+            batch_size: 64,
+            lr: 1e-3,
+            encoder_lr_scale: 0.1,
+            weight_decay: 1e-4,
+            augment,
+        }
+    }
+}
+
+/// What one fine-tuning run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct FinetuneResult {
+    pub accuracy: f64,
+    pub seconds: f64,
+    pub steps: usize,
+    /// Labelled images seen during training (steps × batch).
+    pub examples_seen: usize,
+}
+
+/// Trains `encoder` + a new head on the labelled `train` images and reports test accuracy.
+/// `pretrained` selects the lower encoder learning rate; from scratch everything learns at `lr`.
+pub fn finetune(
+    encoder: Encoder,
+    pretrained: bool,
+    train_set: &ImageDataset,
+    test: &ImageDataset,
+    cfg: &FinetuneConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<FinetuneResult> {
+    ensure!(
+        train_set.labels.is_some() && test.labels.is_some(),
+        "fine-tuning needs labels"
+    );
+    ensure!(
+        !train_set.is_empty(),
+        "fine-tuning needs at least one labelled image"
+    );
+    let classes = train_set.num_classes().max(test.num_classes());
+    let device = device.clone().autodiff();
+    let encoder = encoder.fork(&device);
+    let d = probe_dim(&encoder, train_set, &device);
+    let head =
+        crate::nn::init::init_seeded(LinearConfig::new(d, classes).init(&device), seed ^ 0x4ead);
+    let model = Classifier { encoder, head };
+    let opt = if pretrained {
+        let group = ParamGroup::ids_from_module(model.encoder.clone());
+        train::optim::adamw_with_scaled_group(cfg.weight_decay, group, cfg.encoder_lr_scale)
+    } else {
+        train::optim::build_optimizer("adamw", cfg.weight_decay, 0.9)?
+    };
+    let batch = cfg.batch_size.min(train_set.len()).max(1);
+    let loader = ViewLoader::new(
+        Arc::new(train_set.clone()),
+        vec![cfg.augment.clone()],
+        batch,
+        (train_set.height, train_set.width),
+        seed,
+        false,
+    )?;
+    let tcfg = TrainConfig {
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+        warmup_epochs: 0.0,
+        batch_size: batch,
+        steps: Some(cfg.steps.max(1)),
+        log_every: usize::MAX,
+        checkpoint_minutes: f64::INFINITY,
+        ..Default::default()
+    };
+    let state = RunState {
+        total_steps: cfg.steps.max(1),
+        steps_per_epoch: loader.batches_per_epoch(),
+        ..Default::default()
+    };
+    let spec = FitSpec {
+        cfg: &tcfg,
+        run: None,
+        samples_per_step: batch,
+        progress: false,
+        label: "finetune",
+        stop_at: state.total_steps,
+    };
+    let dev = device.clone();
+    let batches = (0..state.total_steps).map(move |step| {
+        let vb = loader.batch(step);
+        let labels = vb.labels.clone().unwrap_or_default();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vb.views[0].clone(), [vb.n, vb.c, vb.h, vb.w]),
+            &dev,
+        );
+        (x, labels)
+    });
+    let t0 = Instant::now();
+    let (model, state, _) = train::fit(model, opt, state, &spec, batches, None)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let accuracy = accuracy(&model.valid(), test, &device.inner())?;
+    Ok(FinetuneResult {
+        accuracy,
+        seconds,
+        steps: state.step,
+        examples_seen: state.step * batch,
+    })
+}
+
+fn probe_dim(encoder: &Encoder, ds: &ImageDataset, device: &Device) -> usize {
+    let x = Tensor::<4>::from_data(
+        TensorData::new(ds.image(0).to_vec(), [1, ds.channels, ds.height, ds.width]),
+        &device.clone().inner(),
+    );
+    encoder.valid().forward(x).dims()[1]
+}
+
+/// Test accuracy of a classifier in inference mode.
+pub fn accuracy(model: &Classifier, test: &ImageDataset, device: &Device) -> Result<f64> {
+    let labels = test
+        .labels
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("test split has no labels"))?;
+    let mut correct = 0usize;
+    for start in (0..test.len()).step_by(256) {
+        let end = (start + 256).min(test.len());
+        let pixels = test.images[start * test.image_len()..end * test.image_len()].to_vec();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(
+                pixels,
+                [end - start, test.channels, test.height, test.width],
+            ),
+            device,
+        );
+        let pred = model
+            .forward(x)
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap_or_default();
+        correct += pred
+            .iter()
+            .zip(&labels[start..end])
+            .filter(|(p, l)| **p == **l as i64)
+            .count();
+    }
+    Ok(correct as f64 / test.len().max(1) as f64)
+}
