@@ -1,0 +1,13 @@
+//! In-context learning: a model reads a task description and k solved examples ("shots") in
+//! its prompt and answers a new query with no gradient update (Brown et al. 2020, "Language
+//! Models are Few-Shot Learners", zero-, one- and few-shot).
+//!
+//! A task is data ([`task::Task`]: description, examples, one template, a scoring mode),
+//! after lm-evaluation-harness's task files; users add tasks as JSONL files (`task:PATH`, see
+//! [`task::Task::from_jsonl`]) without recompiling.
+//!
+//! - [`task`]: tasks, templates, JSONL task files, prompt construction and shot sampling.
+//! - [`score`]: log-likelihood choice scoring (acc, acc_norm), normalized exact match, chrF.
+
+pub mod score;
+pub mod task;
