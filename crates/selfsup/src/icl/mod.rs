@@ -7,7 +7,9 @@
 //! [`task::Task::from_jsonl`]) without recompiling.
 //!
 //! - [`task`]: tasks, templates, JSONL task files, prompt construction and shot sampling.
+//! - [`tasks`]: built-in tasks (synthetic, CLDR and FreeDict English→French) by name.
 //! - [`score`]: log-likelihood choice scoring (acc, acc_norm), normalized exact match, chrF.
 
 pub mod score;
 pub mod task;
+pub mod tasks;
