@@ -288,3 +288,28 @@ fn synthetic_tasks_are_fixed_and_correct() {
         assert_eq!(e.target, w.join(" "));
     }
 }
+
+#[test]
+fn shipped_example_task_files_load() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/icl");
+    let t = task_by_name(&format!("task:{}", dir.join("antonyms.jsonl").display())).unwrap();
+    assert_eq!(t.name, "antonyms");
+    assert_eq!(t.examples.len(), 36);
+    assert_eq!(t.metrics, vec![Metric::ExactMatch]);
+    assert!(matches!(
+        t.scoring,
+        Scoring::Generate {
+            max_new_tokens: 8,
+            ..
+        }
+    ));
+    let t = task_by_name(&format!("task:{}", dir.join("sentiment.jsonl").display())).unwrap();
+    assert_eq!(t.scoring, Scoring::Loglik);
+    assert_eq!(t.examples.len(), 16);
+    let p = build_prompt(&t, 0, 2, 0, true).unwrap();
+    let c = counts(&t, &p.shots);
+    assert_eq!((c["positive"], c["negative"]), (1, 1));
+    assert!(p
+        .context
+        .ends_with("Review: I loved every minute of it.\nSentiment:"));
+}

@@ -24,7 +24,8 @@
 //! `exact_match`, `chrf`). Without a `scoring`, a task whose examples all have choices is
 //! scored by log-likelihood, otherwise by generation. Blank lines are skipped; unknown fields
 //! are errors (a misspelt field is not silently ignored). One file keeps a task in one place,
-//! so it can be copied, diffed and shared on its own.
+//! so it can be copied, diffed and shared on its own. Examples: `assets/icl/antonyms.jsonl`
+//! (generation), `assets/icl/sentiment.jsonl` (choices).
 //!
 //! ```text
 //! {"description": "Is the review positive or negative?", "choices": ["foo", "bar"], "template": {"input_prefix": "Review: ", "output_prefix": "Label:"}}
