@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod experiment;
+pub mod icl;
 pub mod lm;
 pub mod methods;
 pub mod nn;
