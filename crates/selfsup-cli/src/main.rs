@@ -38,6 +38,9 @@ enum Command {
     Augment(AugmentArgs),
     /// Sentence embeddings (mean-pooled, L2-normalized) from a BERT folder such as all-MiniLM-L6-v2.
     EmbedText(EmbedTextArgs),
+    /// In-context learning: few-shot evaluation of a language model (no gradient update).
+    #[command(subcommand)]
+    Icl(IclCommand),
     /// Language models: sample from a GPT run.
     #[command(subcommand)]
     Lm(LmCommand),
@@ -56,6 +59,36 @@ struct EmbedTextArgs {
     /// Output .npy of shape [sentences, dim].
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum IclCommand {
+    /// Accuracy vs number of in-context examples (k-shot), as in the GPT-3 paper's zero/one/few-shot view.
+    Eval(IclEvalArgs),
+}
+
+#[derive(Args)]
+struct IclEvalArgs {
+    #[command(flatten)]
+    common: Common,
+    /// A Llama-architecture .gguf file (e.g. SmolLM2) or a selfsup GPT run folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// label-map, label-flip, reverse, add2, cldr-en-fr, freedict-en-fr, or task:PATH.jsonl
+    #[arg(long)]
+    task: String,
+    /// Numbers of in-context examples.
+    #[arg(long, default_value = "0,1,2,4,8", value_delimiter = ',')]
+    shots: Vec<usize>,
+    /// Evaluate at most this many queries (chosen with the seed; the same at every k).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Draw the in-context examples balanced over classes.
+    #[arg(long)]
+    balanced: bool,
+    /// Write every prompt, output and score as JSONL next to --json (or to samples.jsonl).
+    #[arg(long)]
+    log_samples: bool,
 }
 
 #[derive(Subcommand)]
@@ -302,6 +335,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Augment(a) => augment(a),
         Command::Lm(LmCommand::Sample(a)) => sample(a),
         Command::EmbedText(a) => embed_text(a),
+        Command::Icl(IclCommand::Eval(a)) => icl_eval(a),
     }
 }
 
@@ -698,4 +732,53 @@ fn embed_text(a: EmbedTextArgs) -> Result<()> {
         &a.common.json,
         &serde_json::json!({"out": a.out, "sentences": lines.len(), "dim": dim}),
     )
+}
+
+/// A GGUF file or a GPT run folder as a language model.
+fn load_language_model(
+    path: &Path,
+    device: &selfsup::Device,
+) -> Result<Box<dyn selfsup::icl::model::LanguageModel>> {
+    if path.is_dir() {
+        let (_cfg, tok, gpt) = text_pipeline::load_gpt(path, device)?;
+        let stamp = std::fs::metadata(path.join("model.safetensors"))
+            .and_then(|m| m.modified())
+            .ok();
+        let name = format!("{}@{stamp:?}", path.display());
+        Ok(Box::new(selfsup::icl::model::GptLm::new(name, gpt, tok)?))
+    } else {
+        Ok(Box::new(selfsup::icl::llama_lm::LlamaLm::load(
+            path, device,
+        )?))
+    }
+}
+
+fn icl_eval(a: IclEvalArgs) -> Result<()> {
+    let opts = options(&a.common)?;
+    let task = selfsup::icl::tasks::task_by_name(&a.task)?;
+    let model = load_language_model(&a.model, &opts.device)?;
+    let base = a
+        .common
+        .json
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("icl.json"));
+    let cfg = selfsup::icl::eval::IclConfig {
+        seed: a.common.seed,
+        limit: a.limit,
+        balanced: a.balanced,
+        log_samples: a.log_samples.then(|| base.with_extension("samples.jsonl")),
+        cache: Some(base.with_extension("calls.jsonl")),
+    };
+    let report = selfsup::icl::eval::evaluate(model.as_ref(), &task, &a.shots, &cfg)?;
+    print!("{}", report.table());
+    if let Some(p) = &a.common.json {
+        report.write_json(p)?;
+        report.write_csv(p.with_extension("csv"))?;
+        eprintln!(
+            "wrote {} and {}",
+            p.display(),
+            p.with_extension("csv").display()
+        );
+    }
+    Ok(())
 }

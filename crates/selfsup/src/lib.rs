@@ -14,3 +14,6 @@ pub mod pipeline;
 pub mod report;
 pub mod text_pipeline;
 pub mod train;
+
+/// The compute device (CPU `flex` or CUDA), re-exported for the CLI.
+pub use burn::prelude::Device;

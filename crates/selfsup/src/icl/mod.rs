@@ -15,6 +15,7 @@
 //! - [`tasks`]: built-in tasks (synthetic, CLDR and FreeDict English→French) by name.
 
 pub mod eval;
+pub mod llama_lm;
 pub mod model;
 pub mod score;
 pub mod task;
