@@ -1,5 +1,6 @@
 //! One file per self-supervised objective: the loss and its heads, nothing else.
 
+pub mod byol;
 pub mod clm;
 pub mod mlm;
 pub mod simclr;
