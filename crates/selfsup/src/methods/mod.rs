@@ -4,6 +4,7 @@ pub mod byol;
 pub mod clm;
 pub mod mlm;
 pub mod simclr;
+pub mod vae;
 
 use crate::nn::Encoder;
 use burn::prelude::*;
