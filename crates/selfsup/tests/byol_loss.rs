@@ -335,7 +335,7 @@ fn after_step_moves_the_target_by_the_scheduled_tau() {
     );
     // The target still takes no gradient after the update.
     let t = model.target.as_ref().unwrap();
-    assert!(collect_tensors(t).len() > 0);
+    assert!(!collect_tensors(t).is_empty());
     assert!(!t.projector.fc2.weight.val().is_require_grad());
 }
 
