@@ -385,3 +385,33 @@ fn config_rejects_bad_values() {
     assert_eq!(parsed.tau_base, 0.996);
     assert!(!parsed.predictor && parsed.ema);
 }
+
+#[test]
+fn target_survives_a_checkpoint_round_trip() {
+    use selfsup::train::checkpoint::{load_weights, save_weights};
+    let device = Device::flex().autodiff();
+    device.seed(8);
+    let model = Byol::new(&tiny_encoder(), &small_cfg(), 1, &device).after_step(1, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    save_weights(&model, &path).unwrap();
+    device.seed(9);
+    let fresh = Byol::new(&tiny_encoder(), &small_cfg(), 1, &device);
+    let loaded = load_weights(fresh, &path, true).unwrap();
+    let (a, b) = (collect_tensors(&model), collect_tensors(&loaded));
+    assert!(a.iter().any(|t| t.name.starts_with("target.encoder.")));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.name, &x.data), (&y.name, &y.data));
+        // Parameters keep their ids (the optimizer state refers to them); running statistics
+        // are buffers whose ids nothing uses.
+        if !x.name.contains(".running_") {
+            assert_eq!(x.id, y.id, "{}", x.name);
+        }
+    }
+    let t = loaded.target.as_ref().unwrap();
+    assert!(
+        ids(t).is_empty(),
+        "a loaded target must still take no gradient"
+    );
+    assert!(!ids(&loaded.encoder).is_empty());
+}

@@ -7,8 +7,8 @@
 //! models, files of images or the CLI. [`write_npy_f32`] / [`write_npy_i64`] export
 //! embeddings for Python.
 
-pub mod collapse;
 mod budget;
+pub mod collapse;
 mod features;
 pub mod finetune;
 mod knn;
