@@ -415,3 +415,22 @@ fn target_survives_a_checkpoint_round_trip() {
     );
     assert!(!ids(&loaded.encoder).is_empty());
 }
+
+#[test]
+fn seeded_construction_is_reproducible_and_starts_target_equal_to_online() {
+    let device = Device::flex().autodiff();
+    let a = Byol::new_seeded(&tiny_encoder(), &small_cfg(), 1, 21, &device);
+    let b = Byol::new_seeded(&tiny_encoder(), &small_cfg(), 1, 21, &device);
+    let (ta, tb) = (collect_tensors(&a), collect_tensors(&b));
+    for (x, y) in ta.iter().zip(&tb) {
+        assert_eq!((&x.name, &x.data), (&y.name, &y.data));
+    }
+    let target = a.target.as_ref().unwrap();
+    for (o, t) in collect_tensors(&a.projector)
+        .iter()
+        .zip(&collect_tensors(&target.projector))
+    {
+        assert_eq!((&o.name, &o.data), (&t.name, &t.data));
+    }
+    assert!(ids(target).is_empty());
+}

@@ -13,6 +13,7 @@
 //! `ema = false` (the target is the online network itself, detached: τ = 0 at every step).
 //! The representation used downstream is h = f_θ(x).
 
+use crate::nn::init::init_seeded;
 use crate::nn::{Encoder, EncoderConfig, Mlp};
 use crate::train::ema::{ema_update, target_copy, tau_at};
 use burn::prelude::*;
@@ -125,6 +126,25 @@ impl Byol {
             target,
             tau_base: cfg.tau_base,
         }
+    }
+
+    /// [`Byol::new`] with every conv/linear weight drawn from `seed` ([`init_seeded`]), the
+    /// target then copied from the seeded online network.
+    pub fn new_seeded(
+        enc: &EncoderConfig,
+        cfg: &ByolConfig,
+        in_channels: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Self {
+        init_seeded(Self::new(enc, cfg, in_channels, device), seed).reset_target()
+    }
+
+    /// Sets the target to an exact copy of the online encoder and projector (keeping the
+    /// target's own parameter ids). Call it after anything that re-draws or loads the online
+    /// weights alone, such as [`init_seeded`] on the whole model.
+    pub fn reset_target(self) -> Self {
+        self.update_target(0.0)
     }
 
     /// Loss for two views of the same N images, each [N, C, H, W].
