@@ -13,13 +13,19 @@
 //! −log p = Σ_pixels ½((x − mean)/σ_x)² + log σ_x + ½ log 2π.
 //! The representation used downstream is μ = E[z|x] ([`Vae::represent`]).
 
+use crate::nn::init::init_seeded;
 use crate::nn::vae_nets::{VaeDecoder, VaeEncoder, VaeNetSizes};
 use burn::prelude::*;
 use burn::tensor::activation::{sigmoid, softplus};
-use burn::tensor::Distribution;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::Objective;
+
+/// A constant word of the noise key: the data loader keys its ChaCha streams by image index in
+/// that position, so the two never share a stream.
+const NOISE_STREAM: u64 = 0x7661_6521;
 
 /// Bernoulli reconstruction term: (1/B) Σ_b Σ_p BCE(logits, x), in the logits form
 /// softplus(l) − x·l (exact for large |l|, unlike BCE on probabilities).
@@ -148,6 +154,10 @@ pub struct Vae {
     #[module(skip)]
     pub likelihood: Likelihood,
     pub gaussian_sigma: f64,
+    /// Seed of the reparameterization noise.
+    pub noise_seed: u64,
+    /// Optimizer steps done; with `noise_seed` it keys the noise of the next batch.
+    pub step: usize,
 }
 
 impl Vae {
@@ -173,7 +183,54 @@ impl Vae {
             beta: cfg.beta,
             likelihood: cfg.likelihood,
             gaussian_sigma: cfg.gaussian_sigma,
+            noise_seed: 0,
+            step: 0,
         }
+    }
+
+    /// [`Vae::new`] with every conv/linear weight drawn from `seed` ([`init_seeded`]) and the
+    /// reparameterization noise keyed by the same seed.
+    pub fn new_seeded(
+        cfg: &VaeConfig,
+        channels: usize,
+        height: usize,
+        width: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Self {
+        let mut vae = init_seeded(Self::new(cfg, channels, height, width, device), seed);
+        vae.noise_seed = seed;
+        vae
+    }
+
+    /// Positions the noise stream at `step` (for a resumed run; [`Objective::after_step`] keeps
+    /// it current during training).
+    pub fn at_step(mut self, step: usize) -> Self {
+        self.step = step;
+        self
+    }
+
+    /// ε ~ N(0, I) of shape [n, latent] for the current step: a pure function of
+    /// (noise_seed, step), so that a resumed run draws the same noise as an uninterrupted one.
+    pub fn noise(&self, n: usize, device: &Device) -> Tensor<2> {
+        let latent = self.encoder.latent;
+        let mut key = [0u8; 32];
+        for (i, v) in [self.noise_seed, self.step as u64, NOISE_STREAM]
+            .into_iter()
+            .enumerate()
+        {
+            key[8 * i..8 * (i + 1)].copy_from_slice(&v.to_le_bytes());
+        }
+        let mut rng = ChaCha8Rng::from_seed(key);
+        let eps: Vec<f32> = (0..n * latent)
+            .map(|_| {
+                // Box–Muller; 1 − u keeps the logarithm's argument in (0, 1].
+                let u1: f64 = 1.0 - rng.gen::<f64>();
+                let u2: f64 = rng.gen();
+                ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(eps, [n, latent]), device)
     }
 
     /// The representation: μ = E[z|x], [N, latent].
@@ -202,10 +259,10 @@ impl Vae {
     }
 
     /// The negative ELBO of a batch [N, C, H, W] with one reparameterized sample per image
-    /// (ε from the device's seeded RNG).
+    /// (ε from [`Vae::noise`]).
     pub fn elbo_terms(&self, x: Tensor<4>) -> VaeLoss {
         let (mu, logvar) = self.encoder.forward(x.clone());
-        let eps = Tensor::<2>::random(mu.dims(), Distribution::Normal(0.0, 1.0), &mu.device());
+        let eps = self.noise(mu.dims()[0], &mu.device());
         let z = mu.clone() + logvar.clone().mul_scalar(0.5).exp() * eps;
         let recon = self.recon(self.decoder.forward(z), x);
         neg_elbo(recon, kl_std_normal(mu, logvar), self.beta)
@@ -218,5 +275,9 @@ impl Objective for Vae {
     fn loss(&self, mut views: Vec<Tensor<4>>) -> Tensor<1> {
         assert_eq!(views.len(), 1, "the VAE takes one view");
         self.elbo_terms(views.pop().unwrap()).loss
+    }
+
+    fn after_step(self, step: usize, _total: usize) -> Self {
+        self.at_step(step)
     }
 }
