@@ -11,18 +11,15 @@ use selfsup::eval::collapse::CollapseReport;
 use selfsup::methods::byol::{Byol, ByolConfig};
 use selfsup::methods::simclr::{SimClr, SimClrConfig};
 use selfsup::methods::ImageMethod;
+use selfsup::nn::init::init_seeded;
 use selfsup::nn::EncoderConfig;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 const STEPS: usize = 40;
 const EVERY: usize = 10;
 /// BatchNorm's running statistics move 10% per pass: 60 passes leave 0.9⁶⁰ ≈ 0.2% of their
 /// initial values.
 const WARMUP_PASSES: usize = 60;
-
-/// The device RNG is global and tests run on parallel threads: one run at a time keeps each
-/// run's initialization a function of its seed.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Diagnostics of the projections g(f(x)) of the held-out images, in inference mode (BatchNorm
 /// running statistics; the images live on the plain device, not the autodiff one).
@@ -126,16 +123,14 @@ fn run<M: ImageMethod>(
 }
 
 fn simclr(positives_only: bool) -> Vec<CollapseReport> {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex().autodiff();
-    device.seed(11);
     let cfg = SimClrConfig {
         temperature: 0.5,
         proj_hidden: 64,
         proj_dim: 32,
         positives_only,
     };
-    let model = SimClr::new(&tiny_encoder(), &cfg, 1, &device);
+    let model = init_seeded(SimClr::new(&tiny_encoder(), &cfg, 1, &device), 11);
     let label = if positives_only {
         "positives-only"
     } else {
@@ -185,16 +180,14 @@ fn simclr_does_not_collapse() {
 
 #[test]
 fn byol_does_not_collapse() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex().autodiff();
-    device.seed(11);
     let cfg = ByolConfig {
         proj_hidden: 64,
         proj_dim: 32,
         pred_hidden: 64,
         ..Default::default()
     };
-    let model = Byol::new(&tiny_encoder(), &cfg, 1, &device);
+    let model = Byol::new_seeded(&tiny_encoder(), &cfg, 1, 11, &device);
     let r = run(
         "BYOL",
         model,
