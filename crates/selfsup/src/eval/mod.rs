@@ -8,6 +8,7 @@
 //! embeddings for Python.
 
 mod budget;
+pub mod collapse;
 mod features;
 pub mod finetune;
 mod knn;

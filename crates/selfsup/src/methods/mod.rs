@@ -1,8 +1,10 @@
 //! One file per self-supervised objective: the loss and its heads, nothing else.
 
+pub mod byol;
 pub mod clm;
 pub mod mlm;
 pub mod simclr;
+pub mod vae;
 
 use crate::nn::Encoder;
 use burn::prelude::*;

@@ -5,6 +5,7 @@ pub mod encoder;
 pub mod init;
 pub mod mlp;
 pub mod transformer;
+pub mod vae_nets;
 
 pub use batchnorm::BatchNorm;
 pub use encoder::{Encoder, EncoderConfig};

@@ -1,3 +1,4 @@
 //! report
 
 pub mod grid;
+pub mod vae_grids;

@@ -7,6 +7,7 @@
 //! run equal those of an uninterrupted run with the same seed.
 
 pub mod checkpoint;
+pub mod ema;
 pub mod optim;
 
 use crate::methods::Objective;
