@@ -148,7 +148,6 @@ fn simclr(positives_only: bool) -> Vec<CollapseReport> {
 // left in the softmax, so log_softmax ≡ 0 and the loss has no gradient. With the numerator
 // alone, l(i) = −sim(z_i, z_pos(i))/τ, this run collapses (std ≈ 0.05 after 40 steps).
 #[test]
-#[ignore = "needs the positives-only loss fix in methods/simclr.rs (the byol branch report)"]
 fn positives_only_collapses() {
     let r = simclr(true);
     let (first, last) = (&r[0], &r[r.len() - 1]);

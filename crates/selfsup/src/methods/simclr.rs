@@ -20,8 +20,9 @@ pub fn nt_xent(z: Tensor<2>, temperature: f64) -> Tensor<1> {
     contrastive(z, temperature, true)
 }
 
-/// The same loss with negatives removed from the denominator (ablation of the collapse
-/// experiment): only the positive remains, so the loss rewards alignment alone.
+/// The ablation of the collapse experiment: no negatives at all. With only the positive left in
+/// the denominator the softmax is identically 1, so the loss reduces to pure alignment,
+/// l(i) = −sim(z_i, z_pos(i))/τ, which a constant embedding minimizes.
 pub fn positives_only(z: Tensor<2>, temperature: f64) -> Tensor<1> {
     contrastive(z, temperature, false)
 }
@@ -50,6 +51,9 @@ fn contrastive(z: Tensor<2>, temperature: f64, negatives: bool) -> Tensor<1> {
     }
     let mask = Tensor::<2>::from_data(TensorData::new(mask, [two_n, two_n]), &device);
     let pos = Tensor::<2>::from_data(TensorData::new(pos, [two_n, two_n]), &device);
+    if !negatives {
+        return (sim * pos).sum().div_scalar(-(two_n as f64));
+    }
     let logp = log_softmax(sim + mask, 1);
     (logp * pos).sum().div_scalar(-(two_n as f64))
 }
