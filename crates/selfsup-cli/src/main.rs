@@ -544,7 +544,7 @@ fn evaluate(a: EvalArgs, linear: bool) -> Result<()> {
         ("pixels", _) => experiment::pixel_features(&train, &test),
         (_, Some(enc)) => experiment::encoder_features(&name, &enc, &train, &test, hw, &opts),
         (_, None) => {
-            let enc = pipeline::build_simclr(&cfg, train.channels, &opts.device).encoder;
+            let enc = pipeline::random_representation(&cfg, &train, &opts.device);
             experiment::encoder_features("random", &enc, &train, &test, hw, &opts)
         }
     };

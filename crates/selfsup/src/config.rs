@@ -4,7 +4,9 @@
 //! errors that name the key.
 
 use crate::data::augment::AugmentConfig;
+use crate::methods::byol::ByolConfig;
 use crate::methods::simclr::SimClrConfig;
+use crate::methods::vae::VaeConfig;
 use crate::nn::EncoderConfig;
 use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
@@ -32,9 +34,23 @@ pub struct PretrainConfig {
     pub encoder: EncoderConfig,
     #[serde(default)]
     pub simclr: SimClrConfig,
-    /// Augmentation of every view.
+    #[serde(default)]
+    pub byol: ByolConfig,
+    #[serde(default)]
+    pub vae: VaeConfig,
+    /// Augmentation of the first view (of every view unless `augment2` is set).
     #[serde(default = "AugmentConfig::simclr")]
     pub augment: AugmentConfig,
+    /// Augmentation of the second view (BYOL's asymmetric recipe).
+    #[serde(default)]
+    pub augment2: Option<AugmentConfig>,
+    /// Collapse diagnostics (std, effective rank, alignment, uniformity, online kNN) at every
+    /// evaluation (`train.eval_every`, default once per epoch).
+    #[serde(default = "yes")]
+    pub diagnostics: bool,
+    /// End the run (with a checkpoint) when the diagnostics say the representation collapsed.
+    #[serde(default)]
+    pub stop_on_collapse: bool,
     #[serde(default)]
     pub train: TrainConfig,
 }
@@ -42,6 +58,14 @@ pub struct PretrainConfig {
 impl PretrainConfig {
     /// Defaults for a method and dataset.
     pub fn new(method: &str, data: &str) -> Self {
+        let (augment, augment2) = match method {
+            "byol" => (
+                AugmentConfig::byol_view1(),
+                Some(AugmentConfig::byol_view2()),
+            ),
+            "vae" => (AugmentConfig::none(), None),
+            _ => (AugmentConfig::simclr(), None),
+        };
         Self {
             method: method.to_string(),
             data: data.to_string(),
@@ -50,7 +74,12 @@ impl PretrainConfig {
             seed: 0,
             encoder: EncoderConfig::tiny(),
             simclr: SimClrConfig::default(),
-            augment: AugmentConfig::simclr(),
+            byol: ByolConfig::default(),
+            vae: VaeConfig::default(),
+            augment,
+            augment2,
+            diagnostics: true,
+            stop_on_collapse: false,
             train: TrainConfig::default(),
         }
     }
@@ -58,7 +87,11 @@ impl PretrainConfig {
     pub fn validate(&self) -> Result<()> {
         match self.method.as_str() {
             "simclr" => self.simclr.validate()?,
-            m => bail!("unknown method `{m}`: expected simclr"),
+            "byol" => self.byol.validate()?,
+            "vae" => self.vae.validate()?,
+            m => bail!(
+                "unknown method `{m}`: expected simclr, byol or vae (gpt and mlm take text data)"
+            ),
         }
         self.encoder.validate()?;
         self.train.validate()?;
@@ -132,4 +165,8 @@ pub fn parse_set(s: &str) -> Result<(String, String)> {
         .split_once('=')
         .with_context(|| format!("--set expects key=value, got `{s}`"))?;
     Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+fn yes() -> bool {
+    true
 }

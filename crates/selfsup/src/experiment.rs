@@ -4,7 +4,7 @@
 use crate::config::PretrainConfig;
 use crate::data::ImageDataset;
 use crate::eval::{self, EvalConfig, EvalResult, LabelBudget, LabeledFeatures};
-use crate::nn::Encoder;
+use crate::nn::Representation;
 use crate::pipeline::{self, RunOptions};
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -31,7 +31,7 @@ pub fn pixel_features(train: &ImageDataset, test: &ImageDataset) -> FeatureSet {
 /// Encoder features h = f(x) on both splits.
 pub fn encoder_features(
     name: &str,
-    encoder: &Encoder,
+    encoder: &Representation,
     train: &ImageDataset,
     test: &ImageDataset,
     hw: (usize, usize),
@@ -209,7 +209,7 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
     let hw = pipeline::input_hw(&train);
     let device = opts.run.device.clone();
     let trained = pipeline::load_run(&opts.out, &device)?;
-    let random = pipeline::build_simclr(&cfg, train.channels, &device).encoder;
+    let random = pipeline::random_representation(&cfg, &train, &device);
     let sets = vec![
         pixel_features(&train, &test),
         encoder_features("random-init encoder", &random, &train, &test, hw, &opts.run),

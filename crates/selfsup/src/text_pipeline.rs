@@ -8,7 +8,9 @@ use crate::methods::clm::{Gpt, GptConfig, TokenBatch};
 use crate::methods::mlm::{BertConfig, BertForMaskedLm, MaskingConfig, MlmBatch, MlmVocab};
 use crate::nn::init::seeded;
 use crate::pipeline::{PretrainReport, RunOptions};
-use crate::train::{self, checkpoint, EvalHook, FitSpec, Outcome, RunDir, RunState, TrainConfig};
+use crate::train::{
+    self, checkpoint, EvalHook, EvalOutput, FitSpec, Outcome, RunDir, RunState, TrainConfig,
+};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -282,7 +284,7 @@ fn run_text(
                 d.token_batch(Split::Train, i, seed, batch, context)
                     .expect("window fits (checked)")
             };
-            let val = |m: &Gpt, _step: usize| -> Result<Vec<(String, f64)>> {
+            let val = |m: &Gpt, _step: usize| -> Result<EvalOutput> {
                 let m = m.valid();
                 let mut total = 0.0;
                 let mut n = 0;
@@ -294,13 +296,10 @@ fn run_text(
                     n += 1;
                 }
                 if n == 0 {
-                    return Ok(vec![]);
+                    return Ok(EvalOutput::default());
                 }
                 let loss = total / n as f64;
-                Ok(vec![
-                    ("val_loss".into(), loss),
-                    ("val_ppl".into(), loss.exp()),
-                ])
+                Ok(vec![("val_loss".into(), loss), ("val_ppl".into(), loss.exp())].into())
             };
             fit_text(cfg, run, opts, resume, model, &data, make, Box::new(val))
         }
@@ -322,9 +321,9 @@ fn run_text(
                     .expect("window fits (checked)");
                 MlmBatch::from_windows(&w, len, &v2, &m2, seed, i).expect("valid MLM batch")
             };
-            let val = |m: &BertForMaskedLm, _step: usize| -> Result<Vec<(String, f64)>> {
+            let val = |m: &BertForMaskedLm, _step: usize| -> Result<EvalOutput> {
                 if d.len(Split::Validation) <= len {
-                    return Ok(vec![]);
+                    return Ok(EvalOutput::default());
                 }
                 let m = m.valid();
                 let mut total = 0.0;
@@ -335,7 +334,7 @@ fn run_text(
                     total += m.loss(&b)?.into_scalar::<f32>() as f64;
                 }
                 let loss = total / cfg.val_batches.max(1) as f64;
-                Ok(vec![("val_loss".into(), loss)])
+                Ok(vec![("val_loss".into(), loss)].into())
             };
             fit_text(cfg, run, opts, resume, model, &data, make, Box::new(val))
         }

@@ -4,9 +4,11 @@ pub mod batchnorm;
 pub mod encoder;
 pub mod init;
 pub mod mlp;
+pub mod representation;
 pub mod transformer;
 pub mod vae_nets;
 
 pub use batchnorm::BatchNorm;
 pub use encoder::{Encoder, EncoderConfig};
 pub use mlp::Mlp;
+pub use representation::Representation;

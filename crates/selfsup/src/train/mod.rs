@@ -263,7 +263,21 @@ pub struct FitSpec<'a> {
 
 /// Evaluation run every `eval_every` steps on the current model (e.g. validation loss,
 /// collapse diagnostics); its named values go to metrics.jsonl and the progress bar.
-pub type EvalHook<'a, M> = Box<dyn FnMut(&M, usize) -> Result<Vec<(String, f64)>> + 'a>;
+pub type EvalHook<'a, M> = Box<dyn FnMut(&M, usize) -> Result<EvalOutput> + 'a>;
+
+/// What an evaluation reports: named values, and optionally a reason to stop training now (a
+/// checkpoint is written first), such as a collapse under `--stop-on-collapse`.
+#[derive(Debug, Default)]
+pub struct EvalOutput {
+    pub values: Vec<(String, f64)>,
+    pub stop: Option<String>,
+}
+
+impl From<Vec<(String, f64)>> for EvalOutput {
+    fn from(values: Vec<(String, f64)>) -> Self {
+        Self { values, stop: None }
+    }
+}
 
 /// The schedule length of a budget: explicit steps, else epochs × steps per epoch.
 pub fn total_steps(cfg: &TrainConfig, steps_per_epoch: usize) -> usize {
@@ -406,7 +420,7 @@ pub fn fit<M: Objective>(
         };
         if let Some(hook) = eval.as_mut() {
             if state.step % eval_every == 0 || state.step == state.total_steps {
-                let values = hook(&model, state.step)?;
+                let EvalOutput { values, stop } = hook(&model, state.step)?;
                 if !values.is_empty() {
                     let mut line = serde_json::Map::new();
                     line.insert("step".into(), state.step.into());
@@ -418,6 +432,14 @@ pub fn fit<M: Objective>(
                     log(serde_json::Value::Object(line))?;
                     bar.println(format!("step {}: {}", state.step, shown.join("  ")));
                     state.last_eval = values.into_iter().collect();
+                }
+                if let Some(reason) = stop {
+                    state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
+                    if let Some(run) = spec.run {
+                        run.save_checkpoint(&model, &opt, &state)?;
+                    }
+                    bar.abandon();
+                    bail!("step {}: {reason}; checkpoint saved", state.step);
                 }
             }
         }
