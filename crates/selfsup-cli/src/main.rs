@@ -41,6 +41,9 @@ enum Command {
     /// In-context learning: few-shot evaluation of a language model (no gradient update).
     #[command(subcommand)]
     Icl(IclCommand),
+    /// VAE grids: samples from the prior, reconstructions, latent traversals.
+    #[command(subcommand)]
+    Vae(VaeCommand),
     /// Language models: sample from a GPT run.
     #[command(subcommand)]
     Lm(LmCommand),
@@ -59,6 +62,39 @@ struct EmbedTextArgs {
     /// Output .npy of shape [sentences, dim].
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum VaeCommand {
+    /// Decode samples z ~ N(0, I) into a grid.
+    Sample(VaeArgs),
+    /// Test images (top row of each pair) above their reconstructions.
+    Reconstruct(VaeArgs),
+    /// Vary one latent dimension at a time (rows) from -span to +span (columns) around a test image's μ.
+    Traverse(VaeArgs),
+}
+
+#[derive(Args)]
+struct VaeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// A VAE run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+    /// Images (sample/reconstruct) or latent dimensions (traverse).
+    #[arg(long, default_value_t = 8)]
+    n: usize,
+    /// Traverse: steps per dimension and the span in standard deviations.
+    #[arg(long, default_value_t = 9)]
+    steps: usize,
+    #[arg(long, default_value_t = 3.0)]
+    span: f32,
+    /// Pixel upscaling.
+    #[arg(long, default_value_t = 4)]
+    scale: usize,
 }
 
 #[derive(Subcommand)]
@@ -213,13 +249,13 @@ struct PretrainArgs {
     #[arg(long)]
     batch_size: Option<usize>,
     /// Key train.lr.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Key train.optimizer: adamw, sgd or lars.
     #[arg(long)]
     optimizer: Option<String>,
     /// Key train.weight_decay.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Key train.warmup_epochs.
     #[arg(long)]
@@ -228,7 +264,7 @@ struct PretrainArgs {
     #[arg(long)]
     grad_clip: Option<f64>,
     /// Key simclr.temperature.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f64>,
     /// Key image_size: resize images to this square side when loading (folders default to 32).
     #[arg(long)]
@@ -236,6 +272,21 @@ struct PretrainArgs {
     /// Key skip_bad_images: skip undecodable images (with a printed count) instead of failing.
     #[arg(long)]
     skip_bad_images: bool,
+    /// BYOL ablation: no predictor (key byol.predictor = false).
+    #[arg(long)]
+    no_predictor: bool,
+    /// BYOL: base EMA decay τ (key byol.tau_base); 0 = no EMA, the target is the online network.
+    #[arg(long, allow_negative_numbers = true)]
+    ema_tau: Option<f64>,
+    /// VAE: weight of the KL term (key vae.beta).
+    #[arg(long, allow_negative_numbers = true)]
+    beta: Option<f64>,
+    /// VAE: latent size (key vae.latent_dim).
+    #[arg(long)]
+    latent_dim: Option<usize>,
+    /// End the run with a checkpoint when the collapse diagnostics fire (key stop_on_collapse).
+    #[arg(long)]
+    stop_on_collapse: bool,
     /// Set any config key: --set augment.crop_scale=[0.5,1.0] (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -335,6 +386,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Augment(a) => augment(a),
         Command::Lm(LmCommand::Sample(a)) => sample(a),
         Command::EmbedText(a) => embed_text(a),
+        Command::Vae(c) => vae(c),
         Command::Icl(IclCommand::Eval(a)) => icl_eval(a),
     }
 }
@@ -441,6 +493,21 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     put("train.steps", a.steps.map(|v| v.to_string()));
     put("train.grad_accum", a.grad_accum.map(|v| v.to_string()));
     put("train.eval_every", a.eval_every.map(|v| v.to_string()));
+    put(
+        "byol.predictor",
+        a.no_predictor.then(|| "false".to_string()),
+    );
+    match a.ema_tau {
+        Some(t) if t == 0.0 => put("byol.ema", Some("false".into())),
+        Some(t) => put("byol.tau_base", Some(format!("{t:?}"))),
+        None => {}
+    }
+    put("vae.beta", a.beta.map(|v| format!("{v:?}")));
+    put("vae.latent_dim", a.latent_dim.map(|v| v.to_string()));
+    put(
+        "stop_on_collapse",
+        a.stop_on_collapse.then(|| "true".to_string()),
+    );
     for s in &a.set {
         sets.push(parse_set(s)?);
     }
@@ -780,5 +847,41 @@ fn icl_eval(a: IclEvalArgs) -> Result<()> {
             p.with_extension("csv").display()
         );
     }
+    Ok(())
+}
+
+fn vae(c: VaeCommand) -> Result<()> {
+    let (kind, a) = match c {
+        VaeCommand::Sample(a) => ("sample", a),
+        VaeCommand::Reconstruct(a) => ("reconstruct", a),
+        VaeCommand::Traverse(a) => ("traverse", a),
+    };
+    let opts = options(&a.common)?;
+    let (_cfg, vae, test) = pipeline::load_vae(&a.run, &opts.device)?;
+    if a.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    use selfsup::report::vae_grids;
+    match kind {
+        "sample" => vae_grids::save_samples(&a.out, &vae, a.n, a.n.min(8), a.common.seed, a.scale)?,
+        "reconstruct" => {
+            let k = a.n.min(test.len());
+            let imgs: Vec<&[f32]> = (0..k).map(|i| test.image(i * test.len() / k)).collect();
+            vae_grids::save_reconstructions(&a.out, &vae, &imgs, k.min(8), a.scale)?
+        }
+        _ => {
+            let dims: Vec<usize> = (0..a.n.min(vae.encoder.latent)).collect();
+            vae_grids::save_traversal(
+                &a.out,
+                &vae,
+                test.image(0),
+                &dims,
+                a.steps.max(2),
+                a.span,
+                a.scale,
+            )?
+        }
+    }
+    println!("wrote {}", a.out.display());
     Ok(())
 }
