@@ -41,6 +41,9 @@ enum Command {
     /// In-context learning: few-shot evaluation of a language model (no gradient update).
     #[command(subcommand)]
     Icl(IclCommand),
+    /// Experiments: collapse (Problem 1) and label efficiency.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
     /// VAE grids: samples from the prior, reconstructions, latent traversals.
     #[command(subcommand)]
     Vae(VaeCommand),
@@ -61,6 +64,66 @@ struct EmbedTextArgs {
     input: PathBuf,
     /// Output .npy of shape [sentences, dim].
     #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ExperimentCommand {
+    /// SimCLR, SimCLR positives-only, BYOL, BYOL without predictor, BYOL without EMA: same data and
+    /// budget; prints and plots the collapse diagnostics of each.
+    Collapse(CollapseArgs),
+    /// Pretrain each method (or reuse OUT/<method>), then linear probe, kNN and fine-tuning vs
+    /// supervised from scratch and raw-pixel logistic regression at each label budget.
+    LabelEfficiency(EfficiencyArgs),
+}
+
+#[derive(Args)]
+struct CollapseArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value = "digits")]
+    data: String,
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Encoder preset (tiny, convnet, resnet18, resnet10, resnet6[-wN]).
+    #[arg(long, default_value = "tiny")]
+    encoder: String,
+    /// Folder for the five runs and the plots.
+    #[arg(long, default_value = "runs/collapse")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EfficiencyArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value = "digits")]
+    data: String,
+    /// Methods to pretrain (comma-separated): simclr, byol, vae.
+    #[arg(long, default_value = "simclr,byol,vae", value_delimiter = ',')]
+    methods: Vec<String>,
+    /// Label budgets: N/class or P% (comma-separated).
+    #[arg(long, default_value = "1/class,10/class,10%,100%", value_delimiter = ',')]
+    labels: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    draws: usize,
+    #[arg(long, default_value = "tiny")]
+    encoder: String,
+    /// Pretraining epochs per method…
+    #[arg(long, default_value_t = 50)]
+    epochs: usize,
+    /// …or minutes per method.
+    #[arg(long)]
+    minutes: Option<f64>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Fine-tuning / from-scratch optimizer steps per label draw.
+    #[arg(long, default_value_t = 300)]
+    finetune_steps: usize,
+    /// Run folders (OUT/<method>, reused when finished), table.csv, plots.
+    #[arg(long, default_value = "runs/label-efficiency")]
     out: PathBuf,
 }
 
@@ -387,6 +450,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Lm(LmCommand::Sample(a)) => sample(a),
         Command::EmbedText(a) => embed_text(a),
         Command::Vae(c) => vae(c),
+        Command::Experiment(ExperimentCommand::Collapse(a)) => experiment_collapse(a),
+        Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => experiment_efficiency(a),
         Command::Icl(IclCommand::Eval(a)) => icl_eval(a),
     }
 }
@@ -884,4 +949,50 @@ fn vae(c: VaeCommand) -> Result<()> {
     }
     println!("wrote {}", a.out.display());
     Ok(())
+}
+
+fn experiment_collapse(a: CollapseArgs) -> Result<()> {
+    let o = experiment::CollapseOptions {
+        data: a.data,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        encoder: selfsup::nn::EncoderConfig::preset(&a.encoder)?,
+        seed: a.common.seed,
+        out: a.out.clone(),
+        run: options(&a.common)?,
+    };
+    let rows = experiment::collapse_experiment(&o)?;
+    println!("{}", experiment::format_collapse(&rows));
+    for p in experiment::plot_collapse(&rows, &a.out)? {
+        eprintln!("wrote {}", p.display());
+    }
+    write_json(&a.common.json, &rows)
+}
+
+fn experiment_efficiency(a: EfficiencyArgs) -> Result<()> {
+    let budgets: Vec<LabelBudget> = a.labels.iter().map(|b| b.parse()).collect::<Result<_>>()?;
+    let finetune = selfsup::eval::finetune::FinetuneConfig { steps: a.finetune_steps, ..Default::default() };
+    let o = experiment::EfficiencyOptions {
+        data: a.data,
+        methods: a.methods,
+        budgets,
+        draws: a.draws,
+        seed: a.common.seed,
+        encoder: selfsup::nn::EncoderConfig::preset(&a.encoder)?,
+        epochs: a.epochs,
+        minutes: a.minutes,
+        batch_size: a.batch_size,
+        finetune,
+        out: a.out.clone(),
+        run: options(&a.common)?,
+    };
+    let rows = experiment::label_efficiency_experiment(&o)?;
+    println!("{}", experiment::format_efficiency(&rows));
+    let csv = a.out.join("label_efficiency.csv");
+    selfsup::train::checkpoint::write_atomic(&csv, experiment::efficiency_csv(&rows).as_bytes())?;
+    eprintln!("wrote {}", csv.display());
+    for p in experiment::plot_efficiency(&rows, &a.out)? {
+        eprintln!("wrote {}", p.display());
+    }
+    write_json(&a.common.json, &rows)
 }

@@ -241,3 +241,496 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
         rows,
     })
 }
+
+/// One run of the collapse experiment.
+#[derive(Clone, Debug, Serialize)]
+pub struct CollapseRow {
+    pub variant: String,
+    pub final_loss: Option<f64>,
+    /// Last evaluation: collapse_std, effective_rank, alignment, uniformity, knn_acc.
+    pub diagnostics: std::collections::BTreeMap<String, f64>,
+    pub collapsed: bool,
+    /// Linear-probe test accuracy with all labels.
+    pub linear_probe: f64,
+    pub run_dir: PathBuf,
+    /// (step, value) of each diagnostic over training, for plots.
+    #[serde(skip)]
+    pub history: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Settings of `experiment collapse`.
+#[derive(Clone, Debug)]
+pub struct CollapseOptions {
+    pub data: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub encoder: crate::nn::EncoderConfig,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub run: RunOptions,
+}
+
+/// The five variants of the seed's Problem 1, same data and budget: SimCLR; SimCLR with positive
+/// pairs only (no negatives); BYOL; BYOL without predictor; BYOL without EMA (target = online).
+pub fn collapse_variants(o: &CollapseOptions) -> Vec<(String, PretrainConfig)> {
+    let base = |method: &str| {
+        let mut c = PretrainConfig::new(method, &o.data);
+        c.seed = o.seed;
+        c.encoder = o.encoder.clone();
+        c.train.epochs = o.epochs;
+        c.train.batch_size = o.batch_size;
+        c
+    };
+    let mut v = vec![];
+    v.push(("simclr".to_string(), base("simclr")));
+    let mut p = base("simclr");
+    p.simclr.positives_only = true;
+    v.push(("simclr-positives-only".to_string(), p));
+    v.push(("byol".to_string(), base("byol")));
+    let mut np = base("byol");
+    np.byol.predictor = false;
+    v.push(("byol-no-predictor".to_string(), np));
+    let mut ne = base("byol");
+    ne.byol.ema = false;
+    v.push(("byol-no-ema".to_string(), ne));
+    v
+}
+
+/// Reads the evaluation lines of a run's metrics.jsonl as series per key.
+pub fn eval_history(run: &std::path::Path) -> Result<Vec<(String, Vec<(f64, f64)>)>> {
+    let p = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let mut out: Vec<(String, Vec<(f64, f64)>)> = vec![];
+    for line in text.lines() {
+        let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(line)
+        else {
+            continue;
+        };
+        if m.contains_key("loss") {
+            continue;
+        }
+        let Some(step) = m.get("step").and_then(|s| s.as_f64()) else {
+            continue;
+        };
+        for (k, v) in &m {
+            let Some(v) = v.as_f64() else { continue };
+            if k == "step" {
+                continue;
+            }
+            match out.iter_mut().find(|(name, _)| name == k) {
+                Some((_, pts)) => pts.push((step, v)),
+                None => out.push((k.clone(), vec![(step, v)])),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the five variants and reports their final diagnostics and linear-probe accuracy.
+pub fn collapse_experiment(o: &CollapseOptions) -> Result<Vec<CollapseRow>> {
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let mut rows = vec![];
+    for (name, cfg) in collapse_variants(o) {
+        let dir = o.out.join(&name);
+        if dir.join("state.json").exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        eprintln!("== {name}");
+        let report = pipeline::pretrain(&cfg, &dir, &o.run)?;
+        let state = crate::train::RunDir(dir.clone()).read_state()?;
+        let collapsed = state
+            .last_eval
+            .get("collapse_std")
+            .is_some_and(|&s| s < crate::eval::collapse::STD_COLLAPSED)
+            || state
+                .last_eval
+                .get("effective_rank")
+                .is_some_and(|&r| r < crate::eval::collapse::RANK_COLLAPSED);
+        let splits = pipeline::load_data(&cfg.data, &cfg)?;
+        let mut linear_probe = f64::NAN;
+        if let Some(test) = &splits.test {
+            if splits.train.labels.is_some() && test.labels.is_some() {
+                let run = pipeline::load_run(&dir, &o.run.device)?;
+                let set = encoder_features(
+                    &name,
+                    &run.encoder,
+                    &splits.train,
+                    test,
+                    pipeline::input_hw(test),
+                    &o.run,
+                );
+                let ecfg = EvalConfig {
+                    draws: 1,
+                    seed: o.seed,
+                    ..Default::default()
+                };
+                let r = label_efficiency(
+                    &[set],
+                    &splits.train,
+                    test,
+                    &[LabelBudget::Fraction(1.0)],
+                    &ecfg,
+                )?;
+                linear_probe = r[0].linear_mean;
+            }
+        }
+        rows.push(CollapseRow {
+            variant: name,
+            final_loss: report.final_loss,
+            diagnostics: state.last_eval.clone(),
+            collapsed,
+            linear_probe,
+            history: eval_history(&dir)?,
+            run_dir: dir,
+        });
+    }
+    Ok(rows)
+}
+
+/// The collapse experiment as a table.
+pub fn format_collapse(rows: &[CollapseRow]) -> String {
+    let mut out = format!(
+        "{:<24} {:>9} {:>8} {:>9} {:>9} {:>10} {:>8} {:>8}  {}\n",
+        "variant",
+        "loss",
+        "std×√d",
+        "eff.rank",
+        "align",
+        "uniform",
+        "kNN %",
+        "probe %",
+        "collapsed"
+    );
+    for r in rows {
+        let g = |k: &str| r.diagnostics.get(k).copied().unwrap_or(f64::NAN);
+        out += &format!(
+            "{:<24} {:>9.4} {:>8.3} {:>9.2} {:>9.3} {:>10.3} {:>8.1} {:>8.1}  {}\n",
+            r.variant,
+            r.final_loss.unwrap_or(f64::NAN),
+            g("collapse_std"),
+            g("effective_rank"),
+            g("alignment"),
+            g("uniformity"),
+            100.0 * g("knn_acc"),
+            100.0 * r.linear_probe,
+            if r.collapsed { "yes" } else { "no" }
+        );
+    }
+    out
+}
+
+/// One cell of the label-efficiency comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct EfficiencyRow {
+    /// simclr, byol, vae, or "raw pixels" / "from scratch".
+    pub method: String,
+    /// linear probe, kNN, fine-tune, logistic regression, supervised.
+    pub protocol: String,
+    pub budget: String,
+    /// Labelled training images.
+    pub labels: usize,
+    pub mean: f64,
+    pub std: f64,
+    pub runs: Vec<f64>,
+    /// Seconds of training per draw (fine-tuning, from scratch), 0 for frozen protocols.
+    pub seconds: f64,
+}
+
+/// Settings of `experiment label-efficiency`.
+#[derive(Clone, Debug)]
+pub struct EfficiencyOptions {
+    pub data: String,
+    pub methods: Vec<String>,
+    pub budgets: Vec<LabelBudget>,
+    pub draws: usize,
+    pub seed: u64,
+    pub encoder: crate::nn::EncoderConfig,
+    /// Pretraining budget per method.
+    pub epochs: usize,
+    pub minutes: Option<f64>,
+    pub batch_size: usize,
+    pub finetune: crate::eval::finetune::FinetuneConfig,
+    /// Run folders go to OUT/<method>; finished runs there are reused.
+    pub out: PathBuf,
+    pub run: RunOptions,
+}
+
+/// Pretrains (or reuses) each method, then compares linear probe, kNN and fine-tuning with
+/// supervised training from scratch and raw-pixel logistic regression at every label budget,
+/// over `draws` seeded label draws (the same draws for every method).
+pub fn label_efficiency_experiment(o: &EfficiencyOptions) -> Result<Vec<EfficiencyRow>> {
+    use crate::eval::finetune::finetune;
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let mut base = PretrainConfig::new("simclr", &o.data);
+    base.encoder = o.encoder.clone();
+    let splits = pipeline::load_data(&o.data, &base)?;
+    let train = splits.train;
+    let test = splits
+        .test
+        .with_context(|| format!("dataset `{}` has no test split", o.data))?;
+    let train_labels = train
+        .labels
+        .clone()
+        .context("the training split has no labels")?;
+    let classes = train.num_classes().max(test.num_classes());
+    let hw = pipeline::input_hw(&train);
+    let ecfg = EvalConfig {
+        draws: o.draws,
+        seed: o.seed,
+        ..Default::default()
+    };
+    let mut rows = vec![];
+    let count = |b: &LabelBudget| -> Result<usize> {
+        Ok(crate::eval::draw_labeled(&train_labels, classes, b, o.seed)?.len())
+    };
+    let push = |rows: &mut Vec<EfficiencyRow>,
+                    method: &str,
+                    protocol: &str,
+                    b: &LabelBudget,
+                    r: &EvalResult,
+                    secs: f64|
+     -> Result<()> {
+        rows.push(EfficiencyRow {
+            method: method.into(),
+            protocol: protocol.into(),
+            budget: b.to_string(),
+            labels: count(b)?,
+            mean: r.mean,
+            std: r.std,
+            runs: r.runs.clone(),
+            seconds: secs,
+        });
+        Ok(())
+    };
+    // Raw pixels: logistic regression on standardized pixels.
+    let pixels = pixel_features(&train, &test);
+    for r in label_efficiency(
+        std::slice::from_ref(&pixels),
+        &train,
+        &test,
+        &o.budgets,
+        &ecfg,
+    )? {
+        let b: LabelBudget = r.budget.parse()?;
+        push(
+            &mut rows,
+            "raw pixels",
+            "logistic regression",
+            &b,
+            &EvalResult::from_runs(r.linear_runs.clone()),
+            0.0,
+        )?;
+    }
+    // Fine-tuning on a labelled subset: the same draws as the frozen protocols.
+    let subset = |b: &LabelBudget, draw: usize| -> Result<ImageDataset> {
+        Ok(train.subset(&crate::eval::draw_labeled(
+            &train_labels,
+            classes,
+            b,
+            o.seed.wrapping_add(draw as u64),
+        )?))
+    };
+    for method in &o.methods {
+        let dir = o.out.join(method);
+        let finished = crate::train::RunDir(dir.clone())
+            .read_state()
+            .map(|s| s.finished)
+            .unwrap_or(false);
+        if finished {
+            eprintln!("== {method}: reusing the finished run in {}", dir.display());
+        } else {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clearing {}", dir.display()))?;
+            }
+            let mut cfg = PretrainConfig::new(method, &o.data);
+            cfg.seed = o.seed;
+            cfg.encoder = o.encoder.clone();
+            cfg.train.epochs = o.epochs;
+            cfg.train.minutes = o.minutes;
+            cfg.train.batch_size = o.batch_size;
+            eprintln!("== pretraining {method}");
+            pipeline::pretrain(&cfg, &dir, &o.run)?;
+        }
+        let run = pipeline::load_run(&dir, &o.run.device)?;
+        let set = encoder_features(method, &run.encoder, &train, &test, hw, &o.run);
+        for r in label_efficiency(std::slice::from_ref(&set), &train, &test, &o.budgets, &ecfg)? {
+            let b: LabelBudget = r.budget.parse()?;
+            push(
+                &mut rows,
+                method,
+                "linear probe",
+                &b,
+                &EvalResult::from_runs(r.linear_runs.clone()),
+                0.0,
+            )?;
+            push(
+                &mut rows,
+                method,
+                "kNN",
+                &b,
+                &EvalResult::from_runs(r.knn_runs.clone()),
+                0.0,
+            )?;
+        }
+        for b in &o.budgets {
+            let (mut accs, mut secs) = (vec![], 0.0);
+            for draw in 0..o.draws {
+                let labelled = subset(b, draw)?;
+                let enc = pipeline::load_run(&dir, &o.run.device)?.encoder;
+                let r = finetune(
+                    enc,
+                    true,
+                    &labelled,
+                    &test,
+                    &o.finetune,
+                    o.seed + draw as u64,
+                    &o.run.device,
+                )?;
+                accs.push(r.accuracy);
+                secs += r.seconds;
+            }
+            push(
+                &mut rows,
+                method,
+                "fine-tune",
+                b,
+                &EvalResult::from_runs(accs),
+                secs / o.draws.max(1) as f64,
+            )?;
+        }
+    }
+    // Supervised from scratch: the same encoder architecture, augmentation and labels.
+    let mut scratch_cfg = base.clone();
+    scratch_cfg.seed = o.seed;
+    for b in &o.budgets {
+        let (mut accs, mut secs) = (vec![], 0.0);
+        for draw in 0..o.draws {
+            let labelled = subset(b, draw)?;
+            scratch_cfg.seed = o.seed + draw as u64;
+            let enc = pipeline::random_representation(&scratch_cfg, &train, &o.run.device);
+            let mut fcfg = o.finetune.clone();
+            fcfg.encoder_lr_scale = 1.0;
+            let r = finetune(
+                enc,
+                false,
+                &labelled,
+                &test,
+                &fcfg,
+                o.seed + draw as u64,
+                &o.run.device,
+            )?;
+            accs.push(r.accuracy);
+            secs += r.seconds;
+        }
+        push(
+            &mut rows,
+            "from scratch",
+            "supervised",
+            b,
+            &EvalResult::from_runs(accs),
+            secs / o.draws.max(1) as f64,
+        )?;
+    }
+    Ok(rows)
+}
+
+/// The label-efficiency comparison as a table: one line per (method, protocol), one column per budget.
+pub fn format_efficiency(rows: &[EfficiencyRow]) -> String {
+    let mut budgets: Vec<(&str, usize)> = vec![];
+    let mut keys: Vec<(&str, &str)> = vec![];
+    for r in rows {
+        if !budgets.iter().any(|(b, _)| *b == r.budget) {
+            budgets.push((&r.budget, r.labels));
+        }
+        if !keys.contains(&(r.method.as_str(), r.protocol.as_str())) {
+            keys.push((&r.method, &r.protocol));
+        }
+    }
+    let mut out = format!("{:<34}", "test accuracy %  (labels →)");
+    for (b, n) in &budgets {
+        out += &format!("  {:>14}", format!("{b} ({n})"));
+    }
+    out += "\n";
+    for (m, p) in keys {
+        out += &format!("{:<34}", format!("{m} · {p}"));
+        for (b, _) in &budgets {
+            let c = rows
+                .iter()
+                .find(|r| r.method == m && r.protocol == p && r.budget == *b)
+                .map(|r| format!("{:5.1} ± {:4.1}", 100.0 * r.mean, 100.0 * r.std))
+                .unwrap_or_default();
+            out += &format!("  {c:>14}");
+        }
+        out += "\n";
+    }
+    out
+}
+
+/// The rows as CSV.
+pub fn efficiency_csv(rows: &[EfficiencyRow]) -> String {
+    let mut s = String::from("method,protocol,budget,labels,mean,std,seconds\n");
+    for r in rows {
+        s += &format!(
+            "{},{},{},{},{:.6},{:.6},{:.3}\n",
+            r.method, r.protocol, r.budget, r.labels, r.mean, r.std, r.seconds
+        );
+    }
+    s
+}
+
+/// Plots the diagnostics of every variant over training: OUT/collapse.{png,svg}.
+pub fn plot_collapse(rows: &[CollapseRow], out: &std::path::Path) -> Result<Vec<PathBuf>> {
+    use crate::report::plot::{panel_plot, Series};
+    let keys = ["collapse_std", "effective_rank", "alignment", "uniformity", "knn_acc"];
+    let mut panels = vec![];
+    for k in keys {
+        let series: Vec<Series> = rows
+            .iter()
+            .filter_map(|r| {
+                let pts = r.history.iter().find(|(name, _)| name == k)?.1.clone();
+                Some(Series::new(r.variant.clone(), pts))
+            })
+            .collect();
+        if !series.is_empty() {
+            panels.push((k.to_string(), series));
+        }
+    }
+    if panels.is_empty() {
+        return Ok(vec![]);
+    }
+    panel_plot(&out.join("collapse"), "collapse diagnostics", "step", &panels)
+}
+
+/// Accuracy vs number of labelled images (log x), one line per (method, protocol):
+/// OUT/label_efficiency.{png,svg}.
+pub fn plot_efficiency(rows: &[EfficiencyRow], out: &std::path::Path) -> Result<Vec<PathBuf>> {
+    use crate::report::plot::{line_plot, PlotSpec, Series};
+    let mut keys: Vec<(String, String)> = vec![];
+    for r in rows {
+        let k = (r.method.clone(), r.protocol.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let series: Vec<Series> = keys
+        .iter()
+        .map(|(m, p)| {
+            let mut rs: Vec<&EfficiencyRow> = rows.iter().filter(|r| &r.method == m && &r.protocol == p).collect();
+            rs.sort_by_key(|r| r.labels);
+            Series::with_band(
+                format!("{m} · {p}"),
+                rs.iter().map(|r| (r.labels as f64, 100.0 * r.mean)).collect(),
+                rs.iter().map(|r| 100.0 * r.std).collect(),
+            )
+        })
+        .collect();
+    let spec = PlotSpec {
+        title: "label efficiency".into(),
+        x_label: "labelled training images".into(),
+        y_label: "test accuracy (%)".into(),
+        log_x: true,
+        log_y: false,
+    };
+    line_plot(&out.join("label_efficiency"), &spec, &series)
+}

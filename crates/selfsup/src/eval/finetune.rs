@@ -6,7 +6,7 @@ use crate::data::augment::AugmentConfig;
 use crate::data::loader::ViewLoader;
 use crate::data::ImageDataset;
 use crate::methods::Objective;
-use crate::nn::Encoder;
+use crate::nn::Representation;
 use crate::train::{self, FitSpec, RunState, TrainConfig};
 use anyhow::{ensure, Result};
 use burn::module::{Module, ParamGroup};
@@ -20,7 +20,7 @@ use std::time::Instant;
 /// Encoder f followed by a linear classifier on h.
 #[derive(Module, Debug)]
 pub struct Classifier {
-    pub encoder: Encoder,
+    pub encoder: Representation,
     pub head: Linear,
 }
 
@@ -94,7 +94,7 @@ pub struct FinetuneResult {
 /// Trains `encoder` + a new head on the labelled `train` images and reports test accuracy.
 /// `pretrained` selects the lower encoder learning rate; from scratch everything learns at `lr`.
 pub fn finetune(
-    encoder: Encoder,
+    encoder: Representation,
     pretrained: bool,
     train_set: &ImageDataset,
     test: &ImageDataset,
@@ -177,7 +177,7 @@ pub fn finetune(
     })
 }
 
-fn probe_dim(encoder: &Encoder, ds: &ImageDataset, device: &Device) -> usize {
+fn probe_dim(encoder: &Representation, ds: &ImageDataset, device: &Device) -> usize {
     let x = Tensor::<4>::from_data(
         TensorData::new(ds.image(0).to_vec(), [1, ds.channels, ds.height, ds.width]),
         &device.clone().inner(),
