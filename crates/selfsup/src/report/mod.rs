@@ -1,4 +1,5 @@
 //! report
 
 pub mod grid;
+pub mod plot;
 pub mod vae_grids;
