@@ -47,6 +47,8 @@ enum Command {
     /// VAE grids: samples from the prior, reconstructions, latent traversals.
     #[command(subcommand)]
     Vae(VaeCommand),
+    /// Plot a run's metrics.jsonl (loss, lr, diagnostics, validation loss) as PNG and SVG.
+    Plot(PlotArgs),
     /// Language models: sample from a GPT run.
     #[command(subcommand)]
     Lm(LmCommand),
@@ -65,6 +67,12 @@ struct EmbedTextArgs {
     /// Output .npy of shape [sentences, dim].
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Run folder; writes RUN_DIR/plots/training.{png,svg}.
+    run: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -105,7 +113,11 @@ struct EfficiencyArgs {
     #[arg(long, default_value = "simclr,byol,vae", value_delimiter = ',')]
     methods: Vec<String>,
     /// Label budgets: N/class or P% (comma-separated).
-    #[arg(long, default_value = "1/class,10/class,10%,100%", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "1/class,10/class,10%,100%",
+        value_delimiter = ','
+    )]
     labels: Vec<String>,
     #[arg(long, default_value_t = 3)]
     draws: usize,
@@ -450,6 +462,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Lm(LmCommand::Sample(a)) => sample(a),
         Command::EmbedText(a) => embed_text(a),
         Command::Vae(c) => vae(c),
+        Command::Plot(a) => {
+            for p in selfsup::report::plot::plot_run(&a.run)? {
+                println!("wrote {}", p.display());
+            }
+            Ok(())
+        }
         Command::Experiment(ExperimentCommand::Collapse(a)) => experiment_collapse(a),
         Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => experiment_efficiency(a),
         Command::Icl(IclCommand::Eval(a)) => icl_eval(a),
@@ -971,7 +989,10 @@ fn experiment_collapse(a: CollapseArgs) -> Result<()> {
 
 fn experiment_efficiency(a: EfficiencyArgs) -> Result<()> {
     let budgets: Vec<LabelBudget> = a.labels.iter().map(|b| b.parse()).collect::<Result<_>>()?;
-    let finetune = selfsup::eval::finetune::FinetuneConfig { steps: a.finetune_steps, ..Default::default() };
+    let finetune = selfsup::eval::finetune::FinetuneConfig {
+        steps: a.finetune_steps,
+        ..Default::default()
+    };
     let o = experiment::EfficiencyOptions {
         data: a.data,
         methods: a.methods,

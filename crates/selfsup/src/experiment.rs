@@ -484,11 +484,11 @@ pub fn label_efficiency_experiment(o: &EfficiencyOptions) -> Result<Vec<Efficien
         Ok(crate::eval::draw_labeled(&train_labels, classes, b, o.seed)?.len())
     };
     let push = |rows: &mut Vec<EfficiencyRow>,
-                    method: &str,
-                    protocol: &str,
-                    b: &LabelBudget,
-                    r: &EvalResult,
-                    secs: f64|
+                method: &str,
+                protocol: &str,
+                b: &LabelBudget,
+                r: &EvalResult,
+                secs: f64|
      -> Result<()> {
         rows.push(EfficiencyRow {
             method: method.into(),
@@ -682,7 +682,13 @@ pub fn efficiency_csv(rows: &[EfficiencyRow]) -> String {
 /// Plots the diagnostics of every variant over training: OUT/collapse.{png,svg}.
 pub fn plot_collapse(rows: &[CollapseRow], out: &std::path::Path) -> Result<Vec<PathBuf>> {
     use crate::report::plot::{panel_plot, Series};
-    let keys = ["collapse_std", "effective_rank", "alignment", "uniformity", "knn_acc"];
+    let keys = [
+        "collapse_std",
+        "effective_rank",
+        "alignment",
+        "uniformity",
+        "knn_acc",
+    ];
     let mut panels = vec![];
     for k in keys {
         let series: Vec<Series> = rows
@@ -699,7 +705,12 @@ pub fn plot_collapse(rows: &[CollapseRow], out: &std::path::Path) -> Result<Vec<
     if panels.is_empty() {
         return Ok(vec![]);
     }
-    panel_plot(&out.join("collapse"), "collapse diagnostics", "step", &panels)
+    panel_plot(
+        &out.join("collapse"),
+        "collapse diagnostics",
+        "step",
+        &panels,
+    )
 }
 
 /// Accuracy vs number of labelled images (log x), one line per (method, protocol):
@@ -716,11 +727,16 @@ pub fn plot_efficiency(rows: &[EfficiencyRow], out: &std::path::Path) -> Result<
     let series: Vec<Series> = keys
         .iter()
         .map(|(m, p)| {
-            let mut rs: Vec<&EfficiencyRow> = rows.iter().filter(|r| &r.method == m && &r.protocol == p).collect();
+            let mut rs: Vec<&EfficiencyRow> = rows
+                .iter()
+                .filter(|r| &r.method == m && &r.protocol == p)
+                .collect();
             rs.sort_by_key(|r| r.labels);
             Series::with_band(
                 format!("{m} · {p}"),
-                rs.iter().map(|r| (r.labels as f64, 100.0 * r.mean)).collect(),
+                rs.iter()
+                    .map(|r| (r.labels as f64, 100.0 * r.mean))
+                    .collect(),
                 rs.iter().map(|r| 100.0 * r.std).collect(),
             )
         })
