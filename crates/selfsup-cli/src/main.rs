@@ -132,7 +132,7 @@ struct EfficiencyArgs {
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Fine-tuning / from-scratch optimizer steps per label draw.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 500)]
     finetune_steps: usize,
     /// Run folders (OUT/<method>, reused when finished), table.csv, plots.
     #[arg(long, default_value = "runs/label-efficiency")]

@@ -69,11 +69,11 @@ pub struct FinetuneConfig {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         let mut augment = AugmentConfig::none();
-        augment.crop_scale = (0.6, 1.0);
+        augment.crop_scale = (0.8, 1.0);
         Self {
-            steps: 300,
+            steps: 500,
             batch_size: 64,
-            lr: 1e-3,
+            lr: 3e-3,
             encoder_lr_scale: 0.1,
             weight_decay: 1e-4,
             augment,
@@ -114,8 +114,13 @@ pub fn finetune(
     let device = device.clone().autodiff();
     let encoder = encoder.fork(&device);
     let d = probe_dim(&encoder, train_set, &device);
-    let head =
+    let mut head =
         crate::nn::init::init_seeded(LinearConfig::new(d, classes).init(&device), seed ^ 0x4ead);
+    if pretrained {
+        // LP-FT (Kumar et al. 2022): start the head at the converged linear probe, so that the
+        // first gradient steps refine the encoder instead of distorting it to fit a random head.
+        head = probe_head(&encoder, train_set, classes, &device)?;
+    }
     let model = Classifier { encoder, head };
     let opt = if pretrained {
         let group = ParamGroup::ids_from_module(model.encoder.clone());
@@ -216,4 +221,51 @@ pub fn accuracy(model: &Classifier, test: &ImageDataset, device: &Device) -> Res
             .count();
     }
     Ok(correct as f64 / test.len().max(1) as f64)
+}
+
+/// The linear probe on the encoder's (standardized) features of the labelled images, folded into
+/// a Linear layer on the raw features: W' = W/σ, b' = b − W'·μ.
+fn probe_head(
+    encoder: &Representation,
+    ds: &ImageDataset,
+    classes: usize,
+    device: &Device,
+) -> Result<Linear> {
+    let labels = ds
+        .labels
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("fine-tuning needs labels"))?;
+    let h = crate::pipeline::embed(encoder, ds, (ds.height, ds.width), device, 256);
+    let d = h.len() / ds.len().max(1);
+    let st = crate::eval::Standardizer::fit(&h, ds.len(), d)?;
+    let z = st.transform(&h)?;
+    let probe = crate::eval::fit_probe(
+        &z,
+        labels,
+        ds.len(),
+        d,
+        classes,
+        &crate::eval::ProbeConfig::default(),
+    )?;
+    let (mean, std) = (st.mean(), st.std());
+    // burn stores Linear weights [in, out].
+    let mut w = vec![0f32; d * classes];
+    let mut b = vec![0f32; classes];
+    for c in 0..classes {
+        let mut shift = 0.0f64;
+        for j in 0..d {
+            let wj = probe.weights[c * d + j] / std[j] as f64;
+            w[j * classes + c] = wj as f32;
+            shift += wj * mean[j] as f64;
+        }
+        b[c] = (probe.bias[c] - shift) as f32;
+    }
+    let mut head = LinearConfig::new(d, classes).init(device);
+    head.weight = burn::module::Param::from_tensor(
+        Tensor::from_data(TensorData::new(w, [d, classes]), device).require_grad(),
+    );
+    head.bias = Some(burn::module::Param::from_tensor(
+        Tensor::from_data(TensorData::new(b, [classes]), device).require_grad(),
+    ));
+    Ok(head)
 }
