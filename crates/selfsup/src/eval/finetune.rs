@@ -112,7 +112,9 @@ pub fn finetune(
     );
     let classes = train_set.num_classes().max(test.num_classes());
     let device = device.clone().autodiff();
-    let encoder = encoder.fork(&device);
+    // `train()` lifts a module built on the inference device onto the autodiff device with its
+    // parameters tracked again (`fork` alone leaves them constant: the encoder would not learn).
+    let encoder = encoder.to_device(&device.clone().inner()).train();
     let d = probe_dim(&encoder, train_set, &device);
     let mut head =
         crate::nn::init::init_seeded(LinearConfig::new(d, classes).init(&device), seed ^ 0x4ead);
