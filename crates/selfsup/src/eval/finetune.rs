@@ -145,6 +145,7 @@ pub fn finetune(
         warmup_epochs: 0.0,
         batch_size: batch,
         steps: Some(cfg.steps.max(1)),
+        grad_clip: Some(1.0),
         log_every: usize::MAX,
         checkpoint_minutes: f64::INFINITY,
         ..Default::default()
@@ -250,6 +251,12 @@ fn probe_head(
         &crate::eval::ProbeConfig::default(),
     )?;
     let (mean, std) = (st.mean(), st.std());
+    // Near-constant features (dead ReLU channels of a weak encoder) would give W/σ huge weights
+    // whose gradients wreck the encoder: floor σ at a tenth of the median σ.
+    let mut sorted: Vec<f32> = std.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let floor = 0.1 * sorted[sorted.len() / 2];
+    let std: Vec<f32> = std.iter().map(|&s| s.max(floor)).collect();
     // burn stores Linear weights [in, out].
     let mut w = vec![0f32; d * classes];
     let mut b = vec![0f32; classes];
