@@ -145,7 +145,6 @@ pub fn finetune(
         warmup_epochs: 0.0,
         batch_size: batch,
         steps: Some(cfg.steps.max(1)),
-        grad_clip: Some(1.0),
         log_every: usize::MAX,
         checkpoint_minutes: f64::INFINITY,
         ..Default::default()
