@@ -136,6 +136,9 @@ def main():
                     help="before each process, wait until other processes use less than SHARE (0..1) of the "
                          "cores (shared machines: builds running); see --wait-max")
     ap.add_argument("--wait-max", type=float, default=600, help="longest wait per process, seconds")
+    ap.add_argument("--clean", type=float, default=0.15, metavar="SHARE",
+                    help="summarize only rounds where other processes used <= SHARE of the cores during both "
+                         "runs (default %(default)s; all rounds if none qualifies)")
     a = ap.parse_args()
 
     cases = [c.strip() for c in a.cases.split(",") if c.strip()]
@@ -169,50 +172,59 @@ def main():
                 res["round"] = r
                 results.setdefault((fw, case), []).append(res)
 
-    def pooled(fw, case):
-        rs = results.get((fw, case), [])
-        times = [t for x in rs for t in x["times_ms"]]
-        return (statistics.median(times) if times else None), rs
+    def med(runs, key):
+        vals = [t for x in runs for t in x[key]]
+        return statistics.median(vals) if vals else float("nan")
+
+    def per_step(run, key):
+        # flops or images per step, recovered from the run's rate at its median.
+        return run[key] * run["median_ms"] / 1e3 if key in run else None
 
     rows = []
     for c in cases:
         for tcase in [c] + [k for k, v in TORCH_ALIASES.items() if v == c and not a.no_gpt_math]:
-            s_med, s_rs = pooled("selfsup", c)
-            t_med, t_rs = pooled("pytorch", tcase)
-            per_round = [sr["median_ms"] / tr["median_ms"] for sr, tr in zip(s_rs, t_rs)]
-            rows.append({
-                "case": c if tcase == c else f"{c} (vs torch {tcase})",
-                "selfsup_ms": s_med, "pytorch_ms": t_med,
-                "ratio": s_med / t_med,
+            pairs = list(zip(results[("selfsup", c)], results[("pytorch", tcase)]))
+            clean = [p for p in pairs if max(p[0]["others"], p[1]["others"]) <= a.clean]
+            used = clean or pairs
+            s_rs, t_rs = [p[0] for p in used], [p[1] for p in used]
+            s_ms, t_ms = med(s_rs, "times_ms"), med(t_rs, "times_ms")
+            s_cpu, t_cpu = med(s_rs, "cpu_ms"), med(t_rs, "cpu_ms")
+            per_round = [p[0]["median_ms"] / p[1]["median_ms"] for p in used]
+            row = {
+                "case": c if tcase == c else f"{c} vs torch {tcase}",
+                "selfsup_ms": s_ms, "pytorch_ms": t_ms, "ratio": s_ms / t_ms,
                 "ratio_min": min(per_round), "ratio_max": max(per_round),
+                "selfsup_cpu_ms": s_cpu, "pytorch_cpu_ms": t_cpu, "cpu_ratio": s_cpu / t_cpu,
                 "selfsup_rss_mib": max(x["peak_rss_mib"] for x in s_rs),
                 "pytorch_rss_mib": max(x["peak_rss_mib"] for x in t_rs),
-                "steps": (len(s_rs) * a.steps, len(t_rs) * a.steps),
-                "others_max": max(x["others"] for x in s_rs + t_rs),
-                "selfsup_gflops": (statistics.median([x["gflops"] for x in s_rs]) if "gflops" in s_rs[0] else None),
-                "pytorch_gflops": (statistics.median([x["gflops"] for x in t_rs]) if "gflops" in t_rs[0] else None),
-                "selfsup_img_s": (statistics.median([x["images_per_s"] for x in s_rs])
-                                  if "images_per_s" in s_rs[0] else None),
-                "pytorch_img_s": (statistics.median([x["images_per_s"] for x in t_rs])
-                                  if "images_per_s" in t_rs[0] else None),
+                "rounds_used": len(used), "rounds_clean": len(clean), "rounds": len(pairs),
+                "others_max": max(max(p[0]["others"], p[1]["others"]) for p in used),
                 "selfsup_loss0": s_rs[0].get("losses", [None])[0],
                 "pytorch_loss0": t_rs[0].get("losses", [None])[0],
-            })
+            }
+            for fw, rs, ms in (("selfsup", s_rs, s_ms), ("pytorch", t_rs, t_ms)):
+                f = per_step(rs[0], "gflops")
+                row[f"{fw}_gflops"] = f / (ms / 1e3) if f else None
+                n = per_step(rs[0], "images_per_s")
+                row[f"{fw}_img_s"] = n / (ms / 1e3) if n else None
+            rows.append(row)
 
     print()
-    print(f"selfsup (burn 0.22.1 flex) vs PyTorch, {a.threads} threads, median of {a.steps} steps x {a.rounds} "
-          f"rounds after {a.warmup} warm-up each; ratio = selfsup/PyTorch (<1: selfsup faster)")
-    hdr = f"| {'step':<28} | {'selfsup ms':>10} | {'PyTorch ms':>10} | {'ratio':>5} | {'per-round':>11} | " \
-          f"{'selfsup RSS':>11} | {'PyTorch RSS':>11} | {'others':>6} |"
+    print(f"selfsup (burn 0.22.1 flex) vs PyTorch, {a.threads} threads, median of {a.steps} steps per process after "
+          f"{a.warmup} warm-up, pooled over the rounds used; ratio = selfsup/PyTorch (< 1: selfsup faster)")
+    hdr = (f"| {'step':<24} | {'selfsup ms':>10} | {'PyTorch ms':>10} | {'ratio':>5} | {'per round':>9} | "
+           f"{'CPU-ms ratio':>12} | {'selfsup RSS':>11} | {'PyTorch RSS':>11} | {'rounds':>6} | {'others':>6} |")
     print(hdr)
     print("|" + "|".join("-" * (len(x)) for x in hdr.split("|")[1:-1]) + "|")
     for row in rows:
-        print(f"| {row['case']:<28} | {fmt_ms(row['selfsup_ms']):>10} | {fmt_ms(row['pytorch_ms']):>10} | "
-              f"{row['ratio']:>5.2f} | {row['ratio_min']:.2f}-{row['ratio_max']:.2f}   | "
+        print(f"| {row['case']:<24} | {fmt_ms(row['selfsup_ms']):>10} | {fmt_ms(row['pytorch_ms']):>10} | "
+              f"{row['ratio']:>5.2f} | {row['ratio_min']:.2f}-{row['ratio_max']:.2f} | {row['cpu_ratio']:>12.2f} | "
               f"{row['selfsup_rss_mib']:>7.0f} MiB | {row['pytorch_rss_mib']:>7.0f} MiB | "
-              f"{100 * row['others_max']:>5.0f}% |")
-    print("others = the largest share of the cores used by other processes during any run of that row "
-          "(> ~10%: the timings are disturbed)")
+              f"{row['rounds_used']:>2}/{row['rounds']:<3} | {100 * row['others_max']:>5.0f}% |")
+    print(f"rounds: rounds used / run; a round is used when other processes took <= {100 * a.clean:.0f}% of the "
+          f"cores during both of its runs (if no round was that quiet, all are used). others: the most that other "
+          f"processes took during a used run. CPU-ms ratio: process CPU time per step (all threads), a check "
+          f"that is less sensitive to other load than wall time.")
     by = {r["case"]: r for r in rows}
     if "matmul" in by:
         m = by["matmul"]
@@ -229,7 +241,7 @@ def main():
     losses = [f"{r['case']} {r['selfsup_loss0']:.4f}/{r['pytorch_loss0']:.4f}" for r in rows
               if r["selfsup_loss0"] is not None]
     if losses:
-        print("first-step loss selfsup/PyTorch (sanity; inits differ in detail): " + ", ".join(losses))
+        print("first-step loss selfsup/PyTorch (sanity; the random inits differ): " + ", ".join(losses))
     print(f"total wall time {time.time() - started:.0f} s")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows,

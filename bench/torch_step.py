@@ -190,15 +190,23 @@ class GPT(nn.Module):
 
 
 def time_steps(step, warmup, steps):
-    times, losses = [], []
+    """Wall ms and process CPU ms (all threads) per timed step, and every step's loss."""
+    times, cpu, losses = [], [], []
     for i in range(warmup + steps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         loss = step()
         ms = (time.perf_counter() - t0) * 1e3
+        c = (time.process_time() - c0) * 1e3
         losses.append(loss)
         if i >= warmup:
             times.append(ms)
-    return times, losses
+            cpu.append(c)
+    return times, cpu, losses
+
+
+def median(v):
+    s = sorted(v)
+    return s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
 
 
 def train_step_fn(model, batch_fn):
@@ -254,13 +262,13 @@ def run_case(case, warmup, steps):
     else:
         raise SystemExit(f"torch_step.py: unknown case {case}")
 
-    times, losses = time_steps(step, warmup, steps)
-    s = sorted(times)
-    med = s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
+    times, cpu, losses = time_steps(step, warmup, steps)
+    med, mn = median(times), min(times)
     peak = peak_rss_mib()
-    out = {"framework": "pytorch", "case": case, "median_ms": med, "min_ms": s[0], "times_ms": times,
-           "peak_rss_mib": peak}
-    line = f"{case:<16} median {med:9.2f} ms/step  min {s[0]:9.2f}  ({len(times)} steps)  peak RSS {peak:.0f} MiB"
+    out = {"framework": "pytorch", "case": case, "median_ms": med, "min_ms": mn, "times_ms": times,
+           "cpu_ms": cpu, "median_cpu_ms": median(cpu), "peak_rss_mib": peak}
+    line = (f"{case:<16} median {med:9.2f} ms/step  min {mn:9.2f}  cpu {median(cpu):9.0f} ms/step  "
+            f"({len(times)} steps)  peak RSS {peak:.0f} MiB")
     if images:
         out["images_per_s"] = images / (med / 1e3)
         line += f"  {out['images_per_s']:.0f} img/s"

@@ -133,20 +133,46 @@ fn image_batch(rng: &mut ChaCha8Rng, shape: [usize; 4], device: &Device) -> Tens
     Tensor::from_data(TensorData::new(normal(rng, n), shape), device)
 }
 
+/// CPU time (user + system, all threads) this process has used, in ms, from /proc/self/stat
+/// (clock ticks of 10 ms: USER_HZ is 100 on Linux). Under contention from other processes, wall
+/// time per step grows while CPU time per step stays roughly put.
+fn process_cpu_ms() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the `(comm)`: state is field 3; utime, stime are fields 14, 15.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) * 10.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 /// Times `steps` calls of `step` after `warmup` untimed ones; returns (times in ms, losses).
-fn time_steps(warmup: usize, steps: usize, mut step: impl FnMut() -> f32) -> (Vec<f64>, Vec<f32>) {
-    let mut times = vec![];
-    let mut losses = vec![];
+fn time_steps(warmup: usize, steps: usize, mut step: impl FnMut() -> f32) -> Timing {
+    let mut t = Timing::default();
     for i in 0..warmup + steps {
-        let t0 = Instant::now();
+        let (c0, t0) = (process_cpu_ms(), Instant::now());
         let loss = step();
         let ms = t0.elapsed().as_secs_f64() * 1e3;
-        losses.push(loss);
+        let cpu = process_cpu_ms() - c0;
+        t.losses.push(loss);
         if i >= warmup {
-            times.push(ms);
+            t.times.push(ms);
+            t.cpu.push(cpu);
         }
     }
-    (times, losses)
+    t
+}
+
+#[derive(Default)]
+struct Timing {
+    /// Wall ms per timed step.
+    times: Vec<f64>,
+    /// Process CPU ms per timed step.
+    cpu: Vec<f64>,
+    /// Loss of every step, warm-up included.
+    losses: Vec<f32>,
 }
 
 fn simclr_bench(
@@ -181,7 +207,7 @@ fn simclr_bench(
     } else {
         (args.warmup, args.steps)
     };
-    let (times, losses) = time_steps(warmup, steps, || {
+    let timing = time_steps(warmup, steps, || {
         let m = model.take().unwrap();
         let loss = m.loss_views(v1.clone(), v2.clone());
         let value = loss.clone().into_scalar::<f32>();
@@ -189,7 +215,7 @@ fn simclr_bench(
         model = Some(opt.step(LR, m, grads));
         value
     });
-    Report::new(case, times, losses, Some(views[0] as f64))
+    Report::new(case, timing, Some(views[0] as f64))
 }
 
 fn gpt_bench(args: &Args) -> Report {
@@ -216,7 +242,7 @@ fn gpt_bench(args: &Args) -> Report {
     let tgt = Tensor::<2, Int>::from_data(TensorData::new(tgt, [batch, seq]), &device);
     let mut model: Option<Gpt> = Some(cfg.init(&device));
     let mut opt = build_optimizer("adamw", WEIGHT_DECAY, 0.9).unwrap();
-    let (times, losses) = time_steps(args.warmup, args.steps, || {
+    let timing = time_steps(args.warmup, args.steps, || {
         let m = model.take().unwrap();
         let loss = m.loss(ids.clone(), tgt.clone());
         let value = loss.clone().into_scalar::<f32>();
@@ -224,7 +250,7 @@ fn gpt_bench(args: &Args) -> Report {
         model = Some(opt.step(LR, m, grads));
         value
     });
-    let mut r = Report::new("gpt", times, losses, None);
+    let mut r = Report::new("gpt", timing, None);
     // Model FLOPs per training step (forward + backward ≈ 3× forward), counting matmuls only:
     // per token and layer 2·(4d² + 2·d·dff) for the projections and 2·2·T·d for q·kᵀ and p·v
     // (full T×T, as computed here); plus 2·d·V for the tied head.
@@ -241,12 +267,19 @@ fn matmul_bench(args: &Args) -> Report {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let a = Tensor::<2>::from_data(TensorData::new(normal(&mut rng, n * n), [n, n]), &device);
     let b = Tensor::<2>::from_data(TensorData::new(normal(&mut rng, n * n), [n, n]), &device);
-    let (times, _) = time_steps(args.warmup, args.steps, || {
+    let timing = time_steps(args.warmup, args.steps, || {
         let c = a.clone().matmul(b.clone());
         // Read one element back so that the product is finished.
         c.slice([0..1, 0..1]).into_scalar::<f32>()
     });
-    let mut r = Report::new("matmul", times, vec![], None);
+    let mut r = Report::new(
+        "matmul",
+        Timing {
+            losses: vec![],
+            ..timing
+        },
+        None,
+    );
     r.flops = Some(2.0 * (n as f64).powi(3));
     r
 }
@@ -254,17 +287,19 @@ fn matmul_bench(args: &Args) -> Report {
 struct Report {
     case: String,
     times: Vec<f64>,
+    cpu: Vec<f64>,
     losses: Vec<f32>,
     images_per_step: Option<f64>,
     flops: Option<f64>,
 }
 
 impl Report {
-    fn new(case: &str, times: Vec<f64>, losses: Vec<f32>, images_per_step: Option<f64>) -> Self {
+    fn new(case: &str, timing: Timing, images_per_step: Option<f64>) -> Self {
         Self {
             case: case.into(),
-            times,
-            losses,
+            times: timing.times,
+            cpu: timing.cpu,
+            losses: timing.losses,
             images_per_step,
             flops: None,
         }
@@ -274,10 +309,11 @@ impl Report {
         let med = median(&self.times);
         let min = self.times.iter().cloned().fold(f64::INFINITY, f64::min);
         let mut line = format!(
-            "{:<16} median {:>9.2} ms/step  min {:>9.2}  ({} steps)  peak RSS {:.0} MiB",
+            "{:<16} median {:>9.2} ms/step  min {:>9.2}  cpu {:>9.0} ms/step  ({} steps)  peak RSS {:.0} MiB",
             self.case,
             med,
             min,
+            median(&self.cpu),
             self.times.len(),
             peak
         );
@@ -287,6 +323,8 @@ impl Report {
             "median_ms": med,
             "min_ms": min,
             "times_ms": self.times,
+            "cpu_ms": self.cpu,
+            "median_cpu_ms": median(&self.cpu),
             "peak_rss_mib": peak,
         });
         if let Some(n) = self.images_per_step {
