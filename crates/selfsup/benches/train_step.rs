@@ -1,0 +1,390 @@
+//! Training-step benchmark of selfsup on burn's flex CPU backend (issue 2 item 12, issue 6).
+//!
+//! Times one full training step — forward, backward, AdamW step, loss read back to the host —
+//! of the models the performance issue names, on the library's own code:
+//!
+//! | case            | model                                                                    |
+//! |-----------------|--------------------------------------------------------------------------|
+//! | `simclr_a`      | ConvNet 3→32→64→128→256 (3×3, strides 1/2/2/2), no BN; MLP 256→256→128 Linear-ReLU-Linear; 2×128 views 3×32×32; NT-Xent τ 0.5 |
+//! | `simclr_b`      | same with BatchNorm after each conv; projector Linear-BN-ReLU-Linear (the library's `SimClr`) |
+//! | `gpt`           | byte GPT: d 256, 4 layers, 4 heads, MLP 1024, seq 128, batch 16, tied head |
+//! | `matmul`        | 2048×2048 · 2048×2048 fp32 (no autodiff), for the FLOP-utilization figure |
+//! | `fmnist_tiny`   | `SimClr` with `EncoderConfig::tiny()`, batch 256 × 2 views 1×28×28 (step only, no data pipeline) |
+//! | `fmnist_resnet18` | `SimClr` with `EncoderConfig::resnet18()`, same batch           |
+//!
+//! Run (see bench/README.md; 2 threads as in the PyTorch reference):
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 CARGO_TARGET_DIR=/work/main/target \
+//!     cargo bench -p selfsup --bench train_step -- [--case simclr_a,gpt] [--steps 10] [--warmup 3]
+//! ```
+//!
+//! Output: a human line per case and a machine line `RESULT {json}` that bench/compare.py reads.
+//! Each step's time is measured alone; the median over `--steps` steps after `--warmup` is
+//! reported. Inputs are random (fixed seed) and stay the same each step: the compute does not
+//! depend on the pixel values.
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use selfsup::methods::clm::{Gpt, GptConfig};
+use selfsup::methods::simclr::{SimClr, SimClrConfig};
+use selfsup::nn::{EncoderConfig, Mlp};
+use selfsup::train::optim::build_optimizer;
+use std::time::Instant;
+
+const ALL: &[&str] = &["simclr_a", "simclr_b", "gpt", "matmul"];
+const EXTRA: &[&str] = &["fmnist_tiny", "fmnist_resnet18"];
+const LR: f64 = 1e-3;
+const WEIGHT_DECAY: f64 = 1e-4;
+
+struct Args {
+    cases: Vec<String>,
+    steps: usize,
+    warmup: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        cases: ALL.iter().map(|s| s.to_string()).collect(),
+        steps: 10,
+        warmup: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            // cargo bench passes --bench to harness=false targets.
+            "--bench" => {}
+            "--case" | "--cases" => {
+                let v = it.next().expect("--case needs a value");
+                args.cases = if v == "all" {
+                    ALL.iter().chain(EXTRA).map(|s| s.to_string()).collect()
+                } else {
+                    v.split(',').map(|s| s.trim().to_string()).collect()
+                };
+            }
+            "--steps" => args.steps = it.next().and_then(|v| v.parse().ok()).expect("--steps N"),
+            "--warmup" => args.warmup = it.next().and_then(|v| v.parse().ok()).expect("--warmup N"),
+            "-h" | "--help" => {
+                println!(
+                    "train_step [--case {}|all] [--steps N] [--warmup N]",
+                    ALL.iter()
+                        .chain(EXTRA)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("train_step: unknown argument `{other}`");
+                std::process::exit(2);
+            }
+        }
+    }
+    for c in &args.cases {
+        if !ALL.contains(&c.as_str()) && !EXTRA.contains(&c.as_str()) {
+            eprintln!("train_step: unknown case `{c}`");
+            std::process::exit(2);
+        }
+    }
+    args
+}
+
+/// Peak resident set size of this process so far (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+fn normal(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    // Box–Muller; the values only need to look like normalized pixels.
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.gen::<f32>().max(1e-7);
+            let u2: f32 = rng.gen();
+            (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
+}
+
+fn image_batch(rng: &mut ChaCha8Rng, shape: [usize; 4], device: &Device) -> Tensor<4> {
+    let n = shape.iter().product();
+    Tensor::from_data(TensorData::new(normal(rng, n), shape), device)
+}
+
+/// CPU time (user + system, all threads) this process has used, in ms, from /proc/self/stat
+/// (clock ticks of 10 ms: USER_HZ is 100 on Linux). Under contention from other processes, wall
+/// time per step grows while CPU time per step stays roughly put.
+fn process_cpu_ms() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the `(comm)`: state is field 3; utime, stime are fields 14, 15.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) * 10.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// Times `steps` calls of `step` after `warmup` untimed ones; returns (times in ms, losses).
+fn time_steps(warmup: usize, steps: usize, mut step: impl FnMut() -> f32) -> Timing {
+    let mut t = Timing::default();
+    for i in 0..warmup + steps {
+        let (c0, t0) = (process_cpu_ms(), Instant::now());
+        let loss = step();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let cpu = process_cpu_ms() - c0;
+        t.losses.push(loss);
+        if i >= warmup {
+            t.times.push(ms);
+            t.cpu.push(cpu);
+        }
+    }
+    t
+}
+
+#[derive(Default)]
+struct Timing {
+    /// Wall ms per timed step.
+    times: Vec<f64>,
+    /// Process CPU ms per timed step.
+    cpu: Vec<f64>,
+    /// Loss of every step, warm-up included.
+    losses: Vec<f32>,
+}
+
+fn simclr_bench(
+    args: &Args,
+    case: &str,
+    enc: EncoderConfig,
+    bn_projector: bool,
+    views: [usize; 4],
+) -> Report {
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let in_channels = views[1];
+    let model = if case == "simclr_a" {
+        // Variant A: no BatchNorm anywhere, so the projector is Linear-ReLU-Linear (with biases).
+        SimClr {
+            encoder: enc.init(in_channels, &device),
+            projector: Mlp::new(enc.out_dim(), 256, 128, bn_projector, &device),
+            temperature: 0.5,
+            positives_only: false,
+        }
+    } else {
+        SimClr::new(&enc, &SimClrConfig::default(), in_channels, &device)
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let v1 = image_batch(&mut rng, views, &device);
+    let v2 = image_batch(&mut rng, views, &device);
+    let mut opt = build_optimizer("adamw", WEIGHT_DECAY, 0.9).unwrap();
+    let mut model = Some(model);
+    let (warmup, steps) = if case == "fmnist_resnet18" {
+        // ~10 s per step on 2 cores: fewer steps keep the run short.
+        (args.warmup.min(1), args.steps.min(5))
+    } else {
+        (args.warmup, args.steps)
+    };
+    let timing = time_steps(warmup, steps, || {
+        let m = model.take().unwrap();
+        let loss = m.loss_views(v1.clone(), v2.clone());
+        let value = loss.clone().into_scalar::<f32>();
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        model = Some(opt.step(LR, m, grads));
+        value
+    });
+    Report::new(case, timing, Some(views[0] as f64))
+}
+
+fn gpt_bench(args: &Args) -> Report {
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let (batch, seq, vocab) = (16usize, 128usize, 256usize);
+    let cfg = GptConfig::new(vocab)
+        .with_context_length(seq)
+        .with_d_model(256)
+        .with_n_layers(4)
+        .with_n_heads(4)
+        .with_d_ff(1024);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let tokens: Vec<i64> = (0..batch * (seq + 1))
+        .map(|_| rng.gen_range(0..vocab as i64))
+        .collect();
+    let ids: Vec<i64> = (0..batch)
+        .flat_map(|b| tokens[b * (seq + 1)..b * (seq + 1) + seq].to_vec())
+        .collect();
+    let tgt: Vec<i64> = (0..batch)
+        .flat_map(|b| tokens[b * (seq + 1) + 1..(b + 1) * (seq + 1)].to_vec())
+        .collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, seq]), &device);
+    let tgt = Tensor::<2, Int>::from_data(TensorData::new(tgt, [batch, seq]), &device);
+    let mut model: Option<Gpt> = Some(cfg.init(&device));
+    let mut opt = build_optimizer("adamw", WEIGHT_DECAY, 0.9).unwrap();
+    let timing = time_steps(args.warmup, args.steps, || {
+        let m = model.take().unwrap();
+        let loss = m.loss(ids.clone(), tgt.clone());
+        let value = loss.clone().into_scalar::<f32>();
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        model = Some(opt.step(LR, m, grads));
+        value
+    });
+    let mut r = Report::new("gpt", timing, None);
+    // Model FLOPs per training step (forward + backward ≈ 3× forward), counting matmuls only:
+    // per token and layer 2·(4d² + 2·d·dff) for the projections and 2·2·T·d for q·kᵀ and p·v
+    // (full T×T, as computed here); plus 2·d·V for the tied head.
+    let (d, l, dff, t) = (256.0, 4.0, 1024.0, seq as f64);
+    let per_token =
+        l * (2.0 * (4.0 * d * d + 2.0 * d * dff) + 4.0 * t * d) + 2.0 * d * vocab as f64;
+    r.flops = Some(3.0 * per_token * (batch * seq) as f64);
+    r
+}
+
+fn matmul_bench(args: &Args) -> Report {
+    let device = Device::flex();
+    let n = 2048;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let a = Tensor::<2>::from_data(TensorData::new(normal(&mut rng, n * n), [n, n]), &device);
+    let b = Tensor::<2>::from_data(TensorData::new(normal(&mut rng, n * n), [n, n]), &device);
+    let timing = time_steps(args.warmup, args.steps, || {
+        let c = a.clone().matmul(b.clone());
+        // Read one element back so that the product is finished.
+        c.slice([0..1, 0..1]).into_scalar::<f32>()
+    });
+    let mut r = Report::new(
+        "matmul",
+        Timing {
+            losses: vec![],
+            ..timing
+        },
+        None,
+    );
+    r.flops = Some(2.0 * (n as f64).powi(3));
+    r
+}
+
+struct Report {
+    case: String,
+    times: Vec<f64>,
+    cpu: Vec<f64>,
+    losses: Vec<f32>,
+    images_per_step: Option<f64>,
+    flops: Option<f64>,
+}
+
+impl Report {
+    fn new(case: &str, timing: Timing, images_per_step: Option<f64>) -> Self {
+        Self {
+            case: case.into(),
+            times: timing.times,
+            cpu: timing.cpu,
+            losses: timing.losses,
+            images_per_step,
+            flops: None,
+        }
+    }
+
+    fn print(&self, peak: f64) {
+        let med = median(&self.times);
+        let min = self.times.iter().cloned().fold(f64::INFINITY, f64::min);
+        let mut line = format!(
+            "{:<16} median {:>9.2} ms/step  min {:>9.2}  cpu {:>9.0} ms/step  ({} steps)  peak RSS {:.0} MiB",
+            self.case,
+            med,
+            min,
+            median(&self.cpu),
+            self.times.len(),
+            peak
+        );
+        let mut json = serde_json::json!({
+            "framework": "selfsup",
+            "case": self.case,
+            "median_ms": med,
+            "min_ms": min,
+            "times_ms": self.times,
+            "cpu_ms": self.cpu,
+            "median_cpu_ms": median(&self.cpu),
+            "peak_rss_mib": peak,
+        });
+        if let Some(n) = self.images_per_step {
+            let ips = n / (med / 1e3);
+            line += &format!("  {ips:.0} img/s");
+            json["images_per_s"] = ips.into();
+        }
+        if let Some(f) = self.flops {
+            let gf = f / (med / 1e3) / 1e9;
+            line += &format!("  {gf:.1} GFLOP/s");
+            json["gflops"] = gf.into();
+        }
+        if let (Some(first), Some(last)) = (self.losses.first(), self.losses.last()) {
+            line += &format!("  loss {first:.4} → {last:.4}");
+            json["losses"] = self.losses.clone().into();
+        }
+        println!("{line}");
+        println!("RESULT {json}");
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    let threads =
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(unset: all cores)".into());
+    println!(
+        "selfsup train_step bench: burn 0.22.1 flex, RAYON_NUM_THREADS={threads}, {} steps after {} warm-up",
+        args.steps, args.warmup
+    );
+    for case in &args.cases {
+        let r = match case.as_str() {
+            "simclr_a" => simclr_bench(
+                &args,
+                case,
+                EncoderConfig::bench_convnet(false),
+                false,
+                [128, 3, 32, 32],
+            ),
+            "simclr_b" => simclr_bench(
+                &args,
+                case,
+                EncoderConfig::bench_convnet(true),
+                true,
+                [128, 3, 32, 32],
+            ),
+            "gpt" => gpt_bench(&args),
+            "matmul" => matmul_bench(&args),
+            "fmnist_tiny" => {
+                simclr_bench(&args, case, EncoderConfig::tiny(), true, [256, 1, 28, 28])
+            }
+            "fmnist_resnet18" => simclr_bench(
+                &args,
+                case,
+                EncoderConfig::resnet18(),
+                true,
+                [256, 1, 28, 28],
+            ),
+            _ => unreachable!(),
+        };
+        // Peak RSS is per process: compare.py runs one case per process for that column.
+        r.print(peak_rss_mib());
+    }
+}
