@@ -924,6 +924,9 @@ fn icl_eval(a: IclEvalArgs) -> Result<()> {
     if let Some(p) = &a.common.json {
         report.write_json(p)?;
         report.write_csv(p.with_extension("csv"))?;
+        for f in report.plot(&p.with_extension(""))? {
+            eprintln!("wrote {}", f.display());
+        }
         eprintln!(
             "wrote {} and {}",
             p.display(),

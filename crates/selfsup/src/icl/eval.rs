@@ -555,3 +555,43 @@ fn csv_field(s: &str) -> String {
         s.to_string()
     }
 }
+
+impl IclReport {
+    /// Accuracy vs number of in-context examples, one line per metric with ± standard error:
+    /// `<stem>.png` and `<stem>.svg` (the GPT-3 paper's zero/one/few-shot view).
+    pub fn plot(&self, stem: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+        use crate::report::plot::{line_plot, PlotSpec, Series};
+        let mut names: Vec<&'static str> = vec![];
+        for r in &self.results {
+            for m in &r.metrics {
+                if !names.contains(&m.metric.name()) {
+                    names.push(m.metric.name());
+                }
+            }
+        }
+        let series: Vec<Series> = names
+            .iter()
+            .map(|&name| {
+                let (pts, band): (Vec<(f64, f64)>, Vec<f64>) = self
+                    .results
+                    .iter()
+                    .filter_map(|r| {
+                        r.metrics
+                            .iter()
+                            .find(|m| m.metric.name() == name)
+                            .map(|m| ((r.k as f64, m.mean), m.stderr))
+                    })
+                    .unzip();
+                Series::with_band(name, pts, band)
+            })
+            .collect();
+        let spec = PlotSpec {
+            title: format!("{} on {} (n = {})", self.model, self.task, self.n_queries),
+            x_label: "in-context examples k".into(),
+            y_label: "score".into(),
+            log_x: false,
+            log_y: false,
+        };
+        line_plot(stem, &spec, &series)
+    }
+}
