@@ -52,12 +52,13 @@ fn label_efficiency_compares_every_protocol() {
             let r = r.unwrap_or_else(|| panic!("missing {m} {p} {b}"));
             // With all labels every protocol learns; with 2 per class, the frozen SSL features
             // are well above chance (10 classes) while 30 steps from scratch need not be.
-            // Frozen protocols must learn. Fine-tuning and from-scratch training are only checked
-            // to produce an accuracy here: at this 100-step, 16-channel scale they are not yet
-            // reliable (an open problem noted in issue 3; on the default encoder they reach 98-99%).
+            // Every protocol must learn with all labels, except training from scratch, which is
+            // only checked to produce an accuracy: in this process, after the SimCLR run, it reaches
+            // 24.5% where the same call alone reaches 70% (hidden state between runs; issue 3 note).
             let floor = match (b, p) {
-                (_, "fine-tune") | (_, "supervised") => 0.0,
+                (_, "supervised") => 0.0,
                 ("100%", _) => 0.5,
+                (_, "fine-tune") => 0.0,
                 _ => 0.2,
             };
             assert!(r.mean >= floor && r.mean <= 1.0, "{m} {p} {b}: {}", r.mean);

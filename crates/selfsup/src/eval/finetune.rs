@@ -119,6 +119,10 @@ pub fn finetune(
     let mut head =
         crate::nn::init::init_seeded(LinearConfig::new(d, classes).init(&device), seed ^ 0x4ead);
     if pretrained {
+        // BatchNorm statistics of pretraining describe augmented views; training mode would move
+        // them to the labelled images within the first steps and leave the head behind. Re-estimate
+        // them on the labelled images first (forward passes only), then fit the head on them.
+        recalibrate_batchnorm(&encoder, train_set, &cfg.augment, seed, &device)?;
         // LP-FT (Kumar et al. 2022): start the head at the converged linear probe, so that the
         // first gradient steps refine the encoder instead of distorting it to fit a random head.
         head = probe_head(&encoder, train_set, classes, &device)?;
@@ -276,4 +280,34 @@ fn probe_head(
         Tensor::from_data(TensorData::new(b, [classes]), device).require_grad(),
     ));
     Ok(head)
+}
+
+/// Runs the encoder in training mode over augmented batches of `ds` (no optimizer step), so that
+/// every BatchNorm's running statistics (momentum 0.1) settle on this data: 30 passes leave under
+/// 5% of the old statistics.
+fn recalibrate_batchnorm(
+    encoder: &Representation,
+    ds: &ImageDataset,
+    augment: &AugmentConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<()> {
+    let batch = ds.len().clamp(1, 256);
+    let loader = ViewLoader::new(
+        Arc::new(ds.clone()),
+        vec![augment.clone()],
+        batch,
+        (ds.height, ds.width),
+        seed ^ 0xb7,
+        false,
+    )?;
+    for step in 0..30 {
+        let vb = loader.batch(step);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vb.views[0].clone(), [vb.n, vb.c, vb.h, vb.w]),
+            device,
+        );
+        let _ = encoder.forward(x);
+    }
+    Ok(())
 }
