@@ -79,7 +79,7 @@ fn same_seed_same_weights_and_resume_is_exact() {
     let b = root.path().join("b");
     let c = root.path().join("c");
     let ra = pipeline::pretrain(&cfg, &a, &opts).unwrap();
-    let rb = pipeline::pretrain(&cfg, &b, &opts).unwrap();
+    pipeline::pretrain(&cfg, &b, &opts).unwrap();
     assert_eq!(
         ra.steps, 22,
         "2 epochs of 1442 images in batches of 128, drop_last"
