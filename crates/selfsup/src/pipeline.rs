@@ -302,7 +302,17 @@ fn run_views<M: ImageModel>(
     let hook = if cfg.diagnostics {
         let d = Diagnostics::new(cfg, &splits, &loader, &opts.device)?;
         let stop_on_collapse = cfg.stop_on_collapse;
-        let hook: train::EvalHook<'_, M> = Box::new(move |m: &M, _step| d.run(m, stop_on_collapse));
+        // Early on, BatchNorm running statistics are still near their initial values and every
+        // embedding looks collapsed in inference mode: no alarm before warmup and 10% of training.
+        let warmup = (cfg.train.warmup_epochs * spe as f64).ceil() as usize;
+        let quiet_until = warmup.max(total / 10);
+        let hook: train::EvalHook<'_, M> = Box::new(move |m: &M, step| {
+            d.run(
+                m,
+                stop_on_collapse && step > quiet_until,
+                step > quiet_until,
+            )
+        });
         Some(hook)
     } else {
         None
@@ -401,7 +411,12 @@ impl Diagnostics {
         })
     }
 
-    fn run<M: ImageModel>(&self, model: &M, stop_on_collapse: bool) -> Result<EvalOutput> {
+    fn run<M: ImageModel>(
+        &self,
+        model: &M,
+        stop_on_collapse: bool,
+        alarm: bool,
+    ) -> Result<EvalOutput> {
         let m = model.valid();
         let rows = |t: Tensor<2>| -> (Vec<f32>, usize) {
             let d = t.dims()[1];
@@ -446,7 +461,7 @@ impl Diagnostics {
         }
         let _ = &self.device;
         let mut stop = None;
-        if r.is_collapsed() {
+        if alarm && r.is_collapsed() {
             let alarms = r.alarms().join("; ");
             if stop_on_collapse {
                 stop = Some(format!(
