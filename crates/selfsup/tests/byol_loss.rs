@@ -8,47 +8,10 @@ use burn::prelude::*;
 use selfsup::methods::byol::{byol_loss, byol_loss_sym, Byol, ByolConfig};
 use selfsup::methods::Objective;
 use selfsup::nn::EncoderConfig;
-use selfsup::train::checkpoint::{collect_tensors, read_safetensors, LoadedWeights};
+use selfsup::train::checkpoint::collect_tensors;
 use selfsup::train::ema::{ema_update, target_copy, tau_at};
-use std::path::PathBuf;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
-
-fn json() -> serde_json::Value {
-    let p = fixtures().join("byol_loss.json");
-    let s = std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("fixture {} missing: {e}", p.display()));
-    serde_json::from_str(&s).unwrap()
-}
-
-fn tensors() -> LoadedWeights {
-    read_safetensors(&fixtures().join("byol_loss.safetensors")).unwrap()
-}
-
-fn get<const D: usize>(w: &LoadedWeights, name: &str, device: &Device) -> Tensor<D> {
-    let (shape, data, _) = w
-        .tensors
-        .get(name)
-        .unwrap_or_else(|| panic!("fixture tensor {name} missing"));
-    Tensor::from_data(TensorData::new(data.clone(), shape.clone()), device)
-}
-
-fn vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-fn assert_close(name: &str, got: &[f32], want: &[f32], atol: f32) {
-    assert_eq!(got.len(), want.len(), "{name}: length");
-    let mut worst = 0f32;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        assert!(err <= atol, "{name}[{i}]: got {g}, want {w}");
-        worst = worst.max(err);
-    }
-    eprintln!("{name}: max abs err {worst:.3e}");
-}
+mod common;
+use common::{get, vec};
 
 fn assert_loss(name: &str, got: Tensor<1>, want: f64) {
     let v = got.into_scalar::<f32>() as f64;
@@ -61,8 +24,8 @@ fn assert_loss(name: &str, got: Tensor<1>, want: f64) {
 
 #[test]
 fn loss_and_gradient_match_pytorch() {
-    let meta = json();
-    let st = tensors();
+    let meta = common::json("byol_loss.json");
+    let st = common::tensors("byol_loss.safetensors");
     let device = Device::flex().autodiff();
     let p: Tensor<2> = get(&st, "p", &device).require_grad();
     // z requires grad too, to check that the loss stops its gradient.
@@ -70,7 +33,7 @@ fn loss_and_gradient_match_pytorch() {
     let loss = byol_loss(p.clone(), z.clone());
     assert_loss("L", loss.clone(), meta["loss"].as_f64().unwrap());
     let grads = loss.backward();
-    assert_close(
+    close4(
         "grad_p",
         &vec(p.grad(&grads).unwrap()),
         &st.tensors["grad_p"].1,
@@ -84,8 +47,8 @@ fn loss_and_gradient_match_pytorch() {
 
 #[test]
 fn symmetric_loss_is_the_sum_of_both_directions() {
-    let meta = json();
-    let st = tensors();
+    let meta = common::json("byol_loss.json");
+    let st = common::tensors("byol_loss.safetensors");
     let device = Device::flex().autodiff();
     let [p1, p2]: [Tensor<2>; 2] = ["p1", "p2"].map(|n| get(&st, n, &device).require_grad());
     let [z1, z2]: [Tensor<2>; 2] = ["z1", "z2"].map(|n| get(&st, n, &device));
@@ -103,13 +66,13 @@ fn symmetric_loss_is_the_sum_of_both_directions() {
     let loss = byol_loss_sym(p1.clone(), p2.clone(), z1, z2);
     assert_loss("L_sym", loss.clone(), meta["loss_sym"].as_f64().unwrap());
     let grads = loss.backward();
-    assert_close(
+    close4(
         "grad_p1_sym",
         &vec(p1.grad(&grads).unwrap()),
         &st.tensors["grad_p1_sym"].1,
         1e-5,
     );
-    assert_close(
+    close4(
         "grad_p2_sym",
         &vec(p2.grad(&grads).unwrap()),
         &st.tensors["grad_p2_sym"].1,
@@ -119,7 +82,7 @@ fn symmetric_loss_is_the_sum_of_both_directions() {
 
 #[test]
 fn tau_schedule_matches_the_fixture() {
-    let meta = json();
+    let meta = common::json("byol_loss.json");
     let base = meta["tau_base"].as_f64().unwrap();
     let total = meta["K"].as_u64().unwrap() as usize;
     let want = meta["tau_schedule"].as_array().unwrap();
@@ -130,9 +93,9 @@ fn tau_schedule_matches_the_fixture() {
         assert!((got - w).abs() < 1e-12, "tau_{k}: got {got}, want {w}");
     }
     // The f32 copy in the safetensors file agrees too.
-    let st = tensors();
+    let st = common::tensors("byol_loss.safetensors");
     let f32s: Vec<f32> = (0..=total).map(|k| tau_at(k, total, base) as f32).collect();
-    assert_close(
+    close4(
         "tau_schedule (f32)",
         &f32s,
         &st.tensors["tau_schedule"].1,
@@ -168,7 +131,7 @@ fn holder(rows: &serde_json::Value, device: &Device) -> Holder {
 
 #[test]
 fn ema_update_matches_the_fixture_example() {
-    let meta = json();
+    let meta = common::json("byol_loss.json");
     let ex = &meta["ema_example"];
     let device = Device::flex().autodiff();
     let online = holder(&ex["online"], &device);
@@ -182,15 +145,15 @@ fn ema_update_matches_the_fixture_example() {
         !new.w.val().is_require_grad(),
         "the target must not require grad"
     );
-    let st = tensors();
-    assert_close(
+    let st = common::tensors("byol_loss.safetensors");
+    close4(
         "ema_target_new",
         &vec(new.w.val()),
         &st.tensors["ema_target_new"].1,
         1e-6,
     );
     // The safetensors inputs are the JSON values.
-    assert_close(
+    close4(
         "ema_online",
         &vec(online.w.val()),
         &st.tensors["ema_online"].1,
@@ -433,4 +396,8 @@ fn seeded_construction_is_reproducible_and_starts_target_equal_to_online() {
         assert_eq!((&o.name, &o.data), (&t.name, &t.data));
     }
     assert!(ids(target).is_empty());
+}
+
+fn close4(name: &str, got: &[f32], want: &[f32], atol: f32) {
+    common::assert_close(name, got, want, atol, 0.0);
 }

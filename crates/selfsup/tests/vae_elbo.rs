@@ -9,42 +9,8 @@ use selfsup::methods::vae::{
 };
 use selfsup::methods::Objective;
 use selfsup::report::vae_grids;
-use selfsup::train::checkpoint::{read_safetensors, LoadedWeights};
-use std::path::PathBuf;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
-
-fn json() -> serde_json::Value {
-    let p = fixtures().join("vae_elbo.json");
-    let s = std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("fixture {} missing: {e}", p.display()));
-    serde_json::from_str(&s).unwrap()
-}
-
-fn get<const D: usize>(w: &LoadedWeights, name: &str, device: &Device) -> Tensor<D> {
-    let (shape, data, _) = w
-        .tensors
-        .get(name)
-        .unwrap_or_else(|| panic!("fixture tensor {name} missing"));
-    Tensor::from_data(TensorData::new(data.clone(), shape.clone()), device)
-}
-
-fn vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-fn assert_close(name: &str, got: &[f32], want: &[f32], atol: f32) {
-    assert_eq!(got.len(), want.len(), "{name}: length");
-    let mut worst = 0f32;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        assert!(err <= atol, "{name}[{i}]: got {g}, want {w}");
-        worst = worst.max(err);
-    }
-    eprintln!("{name}: max abs err {worst:.3e}");
-}
+mod common;
+use common::{get, vec};
 
 fn assert_scalar(name: &str, got: Tensor<1>, want: f64) {
     let v = got.into_scalar::<f32>() as f64;
@@ -60,8 +26,8 @@ fn assert_scalar(name: &str, got: Tensor<1>, want: f64) {
 
 #[test]
 fn negative_elbo_matches_pytorch_for_every_beta() {
-    let meta = json();
-    let st = read_safetensors(&fixtures().join("vae_elbo.safetensors")).unwrap();
+    let meta = common::json("vae_elbo.json");
+    let st = common::tensors("vae_elbo.safetensors");
     let device = Device::flex().autodiff();
     let cases = meta["cases"].as_array().unwrap();
     assert!(cases.len() >= 2);
@@ -95,7 +61,7 @@ fn negative_elbo_matches_pytorch_for_every_beta() {
         let grads = terms.loss.backward();
         for (t, key) in [(&logits, "logits"), (&mu, "mu"), (&logvar, "logvar")] {
             let want = &st.tensors[case["grads"][key].as_str().unwrap()].1;
-            assert_close(
+            close4(
                 &format!("{name} grad_{key}"),
                 &vec(t.grad(&grads).unwrap()),
                 want,
@@ -286,4 +252,8 @@ fn noise_and_initialization_follow_the_seed() {
     let l1 = a.loss(vec![x.clone()]).into_scalar::<f32>();
     let l2 = a.loss(vec![x]).into_scalar::<f32>();
     assert_eq!(l1, l2);
+}
+
+fn close4(name: &str, got: &[f32], want: &[f32], atol: f32) {
+    common::assert_close(name, got, want, atol, 0.0);
 }
