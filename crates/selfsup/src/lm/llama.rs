@@ -250,21 +250,14 @@ impl LlamaAttention {
         &self,
         x: Tensor<3>,
         rope: &RopeTables,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        cache: Option<(&mut LlamaCache, usize)>,
     ) -> Tensor<3> {
         let t = x.dims()[1];
         let q = rope.apply(split_heads(project(x.clone(), &self.wq), self.n_heads));
         let k = rope.apply(split_heads(project(x.clone(), &self.wk), self.n_kv_heads));
         let v = split_heads(project(x, &self.wv), self.n_kv_heads);
         let (k, v) = match cache {
-            Some(slot) => {
-                let kv = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-                    None => (k, v),
-                };
-                *slot = Some(kv.clone());
-                kv
-            }
+            Some((c, layer)) => c.append(layer, k, v),
             None => (k, v),
         };
         let groups = self.n_heads / self.n_kv_heads;
@@ -300,35 +293,9 @@ pub struct LlamaBlock {
     pub mlp: LlamaMlp,
 }
 
-/// Keys and values (before the grouped-query repeat) of every position seen so far.
-#[derive(Debug, Clone, Default)]
-pub struct LlamaCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
-    len: usize,
-}
-
-impl LlamaCache {
-    pub fn new(n_layers: usize) -> Self {
-        Self {
-            layers: vec![None; n_layers],
-            len: 0,
-        }
-    }
-
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = None);
-        self.len = 0;
-    }
-}
+/// Keys and values (before the grouped-query repeat) of every position seen so far: the same
+/// cache as selfsup's GPT uses.
+pub type LlamaCache = crate::nn::transformer::KvCache;
 
 /// The decoder and its LM head.
 #[derive(Module, Debug)]
@@ -543,7 +510,7 @@ impl Llama {
             tr.push(x.clone());
         }
         for (l, block) in self.blocks.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let slot = cache.as_deref_mut().map(|c| (c, l));
             let a = block
                 .attn
                 .forward(block.attn_norm.forward(x.clone()), &rope, slot);
@@ -554,7 +521,7 @@ impl Llama {
             }
         }
         if let Some(c) = cache {
-            c.len += t;
+            c.advance(t);
         }
         self.output_norm.forward(x)
     }

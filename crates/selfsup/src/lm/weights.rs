@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::lm::gguf::f16_to_f32;
 use anyhow::{bail, Context, Result};
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -251,25 +252,6 @@ fn to_f32(dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
             .collect(),
         other => bail!("dtype {other:?} is not a float type (expected F32, F64, F16 or BF16)"),
     })
-}
-
-/// IEEE half → single, exact (subnormals included).
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as i32;
-    let mant = (h & 0x3ff) as u32;
-    let bits = match (exp, mant) {
-        (0, 0) => sign,
-        (0, m) => {
-            // Subnormal: value = m * 2^-24.
-            let v = m as f32 * 2f32.powi(-24);
-            return if sign != 0 { -v } else { v };
-        }
-        (31, 0) => sign | 0x7f80_0000,
-        (31, m) => sign | 0x7f80_0000 | (m << 13),
-        (e, m) => sign | (((e - 15 + 127) as u32) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
 }
 
 #[cfg(test)]
