@@ -444,6 +444,7 @@ struct AugmentArgs {
 }
 
 fn main() {
+    selfsup::train::alloc::keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

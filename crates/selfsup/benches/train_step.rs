@@ -348,6 +348,10 @@ impl Report {
 
 fn main() {
     let args = parse_args();
+    // As the trainer does (train/alloc.rs); SELFSUP_GLIBC_DEFAULTS=1 measures without it.
+    if std::env::var_os("SELFSUP_GLIBC_DEFAULTS").is_none() {
+        selfsup::train::alloc::keep_freed_memory();
+    }
     let threads =
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(unset: all cores)".into());
     println!(

@@ -6,6 +6,7 @@
 //! (weights incl. BatchNorm statistics, optimizer state, step). So the final weights of a resumed
 //! run equal those of an uninterrupted run with the same seed.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod ema;
 pub mod optim;
@@ -299,6 +300,7 @@ pub fn fit<M: Objective>(
     batches: impl Iterator<Item = M::Batch>,
     mut eval: Option<EvalHook<'_, M>>,
 ) -> Result<(M, RunState, Outcome)> {
+    alloc::keep_freed_memory();
     let cfg = spec.cfg;
     let warmup = (cfg.warmup_epochs * state.steps_per_epoch as f64).round() as usize;
     let bar = if spec.progress {
