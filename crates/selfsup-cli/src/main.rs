@@ -41,7 +41,7 @@ enum Command {
     /// In-context learning: few-shot evaluation of a language model (no gradient update).
     #[command(subcommand)]
     Icl(IclCommand),
-    /// Experiments: collapse (Problem 1) and label efficiency.
+    /// Experiments: collapse (Problem 1), label efficiency, scaling.
     #[command(subcommand)]
     Experiment(ExperimentCommand),
     /// VAE grids: samples from the prior, reconstructions, latent traversals.
@@ -83,6 +83,41 @@ enum ExperimentCommand {
     /// Pretrain each method (or reuse OUT/<method>), then linear probe, kNN and fine-tuning vs
     /// supervised from scratch and raw-pixel logistic regression at each label budget.
     LabelEfficiency(EfficiencyArgs),
+    /// GPT runs over a grid of model sizes × token budgets; final validation loss of each, power
+    /// laws L(N) and L(D), a log–log plot, scaling.csv.
+    Scaling(ScalingArgs),
+}
+
+#[derive(Args)]
+struct ScalingArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Text corpus: text:PATH, jsonl:PATH[:field], json:PATH[:field] (default: the Shakespeare
+    /// corpus in the data cache, fetched with ../shared/data/get.sh shakespeare).
+    #[arg(long)]
+    data: Option<String>,
+    /// byte, char, gpt2 or hf:tokenizer.json.
+    #[arg(long, default_value = "char")]
+    tokenizer: String,
+    /// Model sizes: target non-embedding parameter counts (100k, 1.5M) or shapes LxD[xH].
+    #[arg(long, default_value = "12k,50k,200k", value_delimiter = ',')]
+    params: Vec<String>,
+    /// Training-token budgets D = steps × batch × context (300k, 2.7M, 1e6).
+    #[arg(long, default_value = "300k,900k,2.7M", value_delimiter = ',')]
+    tokens: Vec<String>,
+    #[arg(long, default_value_t = 64)]
+    context: usize,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Peak learning rate of every run (linear warmup over 5% of the steps, cosine to 0).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Batches of the fixed validation set (the first windows of the held-out split).
+    #[arg(long, default_value_t = 64)]
+    val_batches: usize,
+    /// Run folders OUT/N<N>_D<D> (reused when finished), scaling.csv, scaling.{png,svg}.
+    #[arg(long, default_value = "runs/scaling")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -471,6 +506,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Experiment(ExperimentCommand::Collapse(a)) => experiment_collapse(a),
         Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => experiment_efficiency(a),
+        Command::Experiment(ExperimentCommand::Scaling(a)) => experiment_scaling(a),
         Command::Icl(IclCommand::Eval(a)) => icl_eval(a),
     }
 }
@@ -1020,4 +1056,38 @@ fn experiment_efficiency(a: EfficiencyArgs) -> Result<()> {
         eprintln!("wrote {}", p.display());
     }
     write_json(&a.common.json, &rows)
+}
+
+fn experiment_scaling(a: ScalingArgs) -> Result<()> {
+    use selfsup::scaling;
+    let o = scaling::ScalingOptions {
+        data: a.data.unwrap_or_else(scaling::default_data),
+        tokenizer: a.tokenizer,
+        params: a
+            .params
+            .iter()
+            .map(|s| s.parse::<scaling::ParamSpec>().context("--params"))
+            .collect::<Result<_>>()?,
+        tokens: a
+            .tokens
+            .iter()
+            .map(|s| scaling::parse_count(s).context("--tokens"))
+            .collect::<Result<_>>()?,
+        context: a.context,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        val_batches: a.val_batches,
+        seed: a.common.seed,
+        out: a.out.clone(),
+        run: options(&a.common)?,
+    };
+    let report = scaling::scaling_experiment(&o)?;
+    println!("{}", scaling::format_scaling(&report));
+    let csv = a.out.join("scaling.csv");
+    selfsup::train::checkpoint::write_atomic(&csv, scaling::scaling_csv(&report.rows).as_bytes())?;
+    eprintln!("wrote {}", csv.display());
+    for p in scaling::plot_scaling(&report, &a.out)? {
+        eprintln!("wrote {}", p.display());
+    }
+    write_json(&a.common.json, &report)
 }

@@ -175,3 +175,41 @@ fn pretrain_probe_knn_embed_augment_work() {
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::metadata(&png).unwrap().len() > 100);
 }
+
+#[test]
+fn experiment_scaling_rejects_bad_grids() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scaling");
+    let out = out.to_str().unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(
+        &text,
+        "to be or not to be, that is the question. ".repeat(50),
+    )
+    .unwrap();
+    let data = format!("text:{}", text.display());
+    let base = ["experiment", "scaling", "--data", &data, "--out", out];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    for (extra, needle) in [
+        (&["--params", ""][..], "empty count"),
+        (&["--params", "2x50"], "not a multiple of 16"),
+        (&["--tokens", "0"], "at least 1"),
+        (&["--tokens", "10"], "less than one step"),
+        (&["--lr", "0"], "--lr must be positive"),
+    ] {
+        let args = with(extra);
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        fails_with(&args, needle);
+    }
+    // The default corpus, missing from an empty data cache, names the fetch command.
+    let r = Command::new(env!("CARGO_BIN_EXE_selfsup"))
+        .args(["experiment", "scaling", "--out", out])
+        .env("SELFSUP_DATA", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("get.sh shakespeare"), "{err}");
+}

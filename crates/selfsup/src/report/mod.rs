@@ -1,5 +1,6 @@
 //! report
 
+pub mod fit;
 pub mod grid;
 pub mod plot;
 pub mod vae_grids;

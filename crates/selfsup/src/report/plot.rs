@@ -201,6 +201,49 @@ pub fn panel_plot(
     write_figure(stem, size, &fig)
 }
 
+/// Writes `<stem>.png` and `<stem>.svg`: charts side by side (up to two per row), each with its
+/// own title, axis labels, x and y ranges and log/linear scales from its [`PlotSpec`], and a
+/// legend when it has more than one named series. `panels` must not be empty.
+pub fn spec_panels(
+    stem: &Path,
+    title: &str,
+    panels: &[(PlotSpec, Vec<Series>)],
+) -> Result<Vec<PathBuf>> {
+    if panels.is_empty() {
+        bail!("plot {}: no panels to draw", stem.display());
+    }
+    let mut charts = Vec::with_capacity(panels.len());
+    for (spec, series) in panels {
+        let series = prepare_all(series, spec.log_x, spec.log_y)
+            .with_context(|| format!("panel {:?}", spec.title))?;
+        charts.push(ChartDesc {
+            caption: spec.title.clone(),
+            caption_size: 18,
+            label_size: 13,
+            x_label: spec.x_label.clone(),
+            y_label: spec.y_label.clone(),
+            x_axis: axis_for(series.iter().flat_map(|s| s.x_values()), spec.log_x, true),
+            y_axis: axis_for(series.iter().flat_map(|s| s.y_extent()), spec.log_y, true),
+            legend: series.iter().filter(|s| !s.name.is_empty()).count() > 1,
+            series,
+        });
+    }
+    let cols = charts.len().min(2);
+    let rows = charts.len().div_ceil(cols);
+    let title_h = if title.is_empty() { 0 } else { 40 };
+    let size = (
+        LINE_PLOT_SIZE.0 * cols as u32,
+        LINE_PLOT_SIZE.1 * rows as u32 + title_h,
+    );
+    let fig = PanelFigure {
+        title: title.to_string(),
+        rows,
+        cols,
+        charts,
+    };
+    write_figure(stem, size, &fig)
+}
+
 /// Draws `RUN_DIR/metrics.jsonl` into `RUN_DIR/plots/training.{png,svg}`: one panel per numeric
 /// key (all keys but `step` and `epoch`), x = `step`; the keys of [`RUN_PLOT_ORDER`] come first
 /// in that order, other keys follow alphabetically.
