@@ -269,6 +269,8 @@ pub struct FinetuneReport {
 
 /// A language model that can be prompted, fine-tuned with LoRA and read as features: a selfsup
 /// GPT run or a Llama GGUF checkpoint, behind one interface.
+// A handful exist at a time (the base and one tuned copy): the size gap costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum TunableLm {
     Gpt {
         name: String,
