@@ -86,6 +86,9 @@ enum ExperimentCommand {
     /// GPT runs over a grid of model sizes × token budgets; final validation loss of each, power
     /// laws L(N) and L(D), a log–log plot, scaling.csv.
     Scaling(ScalingArgs),
+    /// For each k: k-shot prompting vs LoRA fine-tuning on the same k examples vs a linear probe
+    /// on frozen features; accuracy and compute cost in one table, CSV and plot.
+    IclVsFinetune(IclVsFinetuneArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +120,45 @@ struct ScalingArgs {
     val_batches: usize,
     /// Run folders OUT/N<N>_D<D> (reused when finished), scaling.csv, scaling.{png,svg}.
     #[arg(long, default_value = "runs/scaling")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct IclVsFinetuneArgs {
+    #[command(flatten)]
+    common: Common,
+    /// A Llama-architecture .gguf file (e.g. SmolLM2) or a selfsup GPT run folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// label-map, label-flip, reverse, add2, cldr-en-fr, freedict-en-fr, or task:PATH.jsonl
+    #[arg(long, default_value = "label-map")]
+    task: String,
+    /// Numbers of labelled examples (each ≥ 1).
+    #[arg(long, default_value = "1,2,4,8,16,32", value_delimiter = ',')]
+    k: Vec<usize>,
+    /// Held-out queries, drawn once with the seed (the same for every k, method and draw).
+    #[arg(long, default_value_t = 100)]
+    eval_size: usize,
+    /// Seeded draws of the k examples (mean ± std over draws).
+    #[arg(long, default_value_t = 1)]
+    draws: usize,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    /// LoRA α (the update is scaled by α/r).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// Fine-tuning optimizer steps per k.
+    #[arg(long, default_value_t = 30)]
+    ft_steps: usize,
+    /// Fine-tuning sequences per step (at most k).
+    #[arg(long, default_value_t = 8)]
+    ft_batch: usize,
+    /// Fine-tuning learning rate (AdamW, cosine decay to a tenth).
+    #[arg(long, default_value_t = 2e-3)]
+    ft_lr: f64,
+    /// Folder for icl_vs_finetune.csv and the plot (.png, .svg).
+    #[arg(long, default_value = "runs/icl-vs-finetune")]
     out: PathBuf,
 }
 
@@ -507,6 +549,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Experiment(ExperimentCommand::Collapse(a)) => experiment_collapse(a),
         Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => experiment_efficiency(a),
         Command::Experiment(ExperimentCommand::Scaling(a)) => experiment_scaling(a),
+        Command::Experiment(ExperimentCommand::IclVsFinetune(a)) => experiment_icl_vs_finetune(a),
         Command::Icl(IclCommand::Eval(a)) => icl_eval(a),
     }
 }
@@ -1087,6 +1130,36 @@ fn experiment_scaling(a: ScalingArgs) -> Result<()> {
     selfsup::train::checkpoint::write_atomic(&csv, scaling::scaling_csv(&report.rows).as_bytes())?;
     eprintln!("wrote {}", csv.display());
     for p in scaling::plot_scaling(&report, &a.out)? {
+        eprintln!("wrote {}", p.display());
+    }
+    write_json(&a.common.json, &report)
+}
+
+fn experiment_icl_vs_finetune(a: IclVsFinetuneArgs) -> Result<()> {
+    use selfsup::icl::finetune::{LoraConfig, TunableLm};
+    use selfsup::icl::versus::{icl_vs_finetune, VersusConfig};
+    let opts = options(&a.common)?;
+    let cfg = VersusConfig {
+        ks: a.k,
+        draws: a.draws,
+        eval_size: a.eval_size,
+        seed: a.common.seed,
+        lora: LoraConfig {
+            rank: a.lora_rank,
+            alpha: a.lora_alpha,
+            steps: a.ft_steps,
+            batch_size: a.ft_batch,
+            lr: a.ft_lr,
+        },
+        progress: opts.progress,
+        ..Default::default()
+    };
+    cfg.validate()?;
+    let task = selfsup::icl::tasks::task_by_name(&a.task)?;
+    let model = TunableLm::load(&a.model, &opts.device)?;
+    let report = icl_vs_finetune(&model, &task, &cfg)?;
+    print!("{}", report.table());
+    for p in report.write_outputs(&a.out)? {
         eprintln!("wrote {}", p.display());
     }
     write_json(&a.common.json, &report)

@@ -109,6 +109,20 @@ fn bad_input_gives_one_clear_error() {
 }
 
 #[test]
+fn icl_vs_finetune_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("none.gguf");
+    let model = model.to_str().unwrap();
+    let base = ["experiment", "icl-vs-finetune", "--model", model];
+    fails_with(&[&base[..], &["--k", "0,4"]].concat(), "k = 0");
+    fails_with(
+        &[&base[..], &["--task", "nonsense"]].concat(),
+        "unknown task",
+    );
+    fails_with(&base, "none.gguf");
+}
+
+#[test]
 fn pretrain_probe_knn_embed_augment_work() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

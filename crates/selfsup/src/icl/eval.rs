@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::model::LanguageModel;
 use super::score::{chrf, exact_match, score_choices};
-use super::task::{build_prompt, Metric, Scoring, Task};
+use super::task::{build_prompt, Metric, Prompt, Scoring, Task};
 use crate::lm::tokenizer::fnv1a;
 
 /// Settings of one evaluation.
@@ -214,6 +214,28 @@ fn score_query(
     cache: &mut CallCache,
 ) -> Result<Sample> {
     let prompt = build_prompt(task, q, k, cfg.seed, cfg.balanced)?;
+    score_rendered(model, task, &prompt, cache)
+}
+
+/// Scores one prompt exactly as [`evaluate`] does, for callers that choose the shots
+/// themselves (the same k examples for every query): each metric's score for this query.
+pub fn score_prompt(
+    model: &dyn LanguageModel,
+    task: &Task,
+    prompt: &Prompt,
+    cache: &mut CallCache,
+) -> Result<HashMap<Metric, f64>> {
+    Ok(score_rendered(model, task, prompt, cache)?.scores)
+}
+
+fn score_rendered(
+    model: &dyn LanguageModel,
+    task: &Task,
+    prompt: &Prompt,
+    cache: &mut CallCache,
+) -> Result<Sample> {
+    let q = prompt.query;
+    let k = prompt.shots.len();
     let ex = &task.examples[q];
     let tok = model.tokenizer();
     let max = model.max_context();

@@ -35,6 +35,29 @@ impl LlamaLm {
         })
     }
 
+    /// A model built elsewhere (e.g. fine-tuned); `name` must identify its weights.
+    pub fn from_parts(
+        name: impl Into<String>,
+        model: Llama,
+        cfg: LlamaConfig,
+        tokenizer: GgufBpeTokenizer,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            model,
+            cfg,
+            tokenizer,
+        }
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn gguf_tokenizer(&self) -> &GgufBpeTokenizer {
+        &self.tokenizer
+    }
+
     pub fn model(&self) -> &Llama {
         &self.model
     }

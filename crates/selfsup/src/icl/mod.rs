@@ -13,10 +13,14 @@
 //! - [`eval`]: the harness: per-k metrics with standard errors, sample logs, a cache of model
 //!   calls, the accuracy-vs-k table and CSV.
 //! - [`tasks`]: built-in tasks (synthetic, CLDR and FreeDict English→French) by name.
+//! - [`finetune`], [`versus`]: LoRA fine-tuning on the k examples, and ICL vs fine-tuning vs a
+//!   linear probe at equal labels.
 
 pub mod eval;
+pub mod finetune;
 pub mod llama_lm;
 pub mod model;
 pub mod score;
 pub mod task;
 pub mod tasks;
+pub mod versus;

@@ -43,6 +43,7 @@ const DIGIT_SPLIT_PRE: &[&str] = &[
 ];
 
 /// A GGUF file's byte-level BPE tokenizer.
+#[derive(Clone)]
 pub struct GgufBpeTokenizer {
     inner: tokenizers::Tokenizer,
     tokens: Vec<String>,

@@ -415,6 +415,12 @@ impl Llama {
         }
     }
 
+    /// Final-norm hidden states `[B, T, D]`, without the LM head: features, and losses that
+    /// need logits at a few positions only.
+    pub fn hidden(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.run(ids, None, None)
+    }
+
     /// Forward for the positions after those in `cache` (appending to it).
     pub fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut LlamaCache) -> Tensor<3> {
         let h = self.run(ids, Some(cache), None);
