@@ -12,6 +12,7 @@ pub mod methods;
 pub mod nn;
 pub mod pipeline;
 pub mod report;
+pub mod text_classify;
 pub mod text_pipeline;
 pub mod train;
 
