@@ -149,10 +149,22 @@ impl TextModel {
     pub fn tokenize(&self, passages: &[Passage]) -> Result<TokenizedTexts> {
         let mut ids = Vec::with_capacity(passages.len());
         for p in passages {
-            let mut t = self
-                .tokenizer
-                .encode(&p.text)
-                .with_context(|| format!("tokenizing a passage of {}", p.file))?;
+            let mut t = match self.tokenizer.encode(&p.text) {
+                Ok(t) => t,
+                // A character vocabulary built from the pretraining text lacks characters that
+                // occur only in test files (`{` in cj20): drop those characters, as unseen ones
+                // carry no learned meaning anyway.
+                Err(_) => {
+                    let known: String = p
+                        .text
+                        .chars()
+                        .filter(|c| self.tokenizer.encode(&c.to_string()).is_ok())
+                        .collect();
+                    self.tokenizer
+                        .encode(&known)
+                        .with_context(|| format!("tokenizing a passage of {}", p.file))?
+                }
+            };
             match &self.mlm {
                 None => t.truncate(self.context),
                 Some(v) => {
@@ -289,6 +301,27 @@ pub fn text_classify_on(
         Ok(())
     };
 
+    // Fail before minutes of evaluation, not after: every model must be readable.
+    for spec in &o.models {
+        match minilm_spec(spec) {
+            Some(dir) => ensure!(
+                dir.join("config.json").is_file(),
+                "{}: no MiniLM model folder (fetch it with `../shared/data/get.sh minilm`)",
+                dir.display()
+            ),
+            None => {
+                let dir = Path::new(spec);
+                TextPretrainConfig::load(&RunDir(dir.to_path_buf()).config()).with_context(
+                    || {
+                        format!(
+                            "{}: not a selfsup text run (no readable config.toml)",
+                            dir.display()
+                        )
+                    },
+                )?;
+            }
+        }
+    }
     eprintln!("== bag of words");
     let bow = bow_features(&data.train, &data.test, o.bow_vocab)?;
     probe(&mut rows, &bow, "logistic regression")?;
