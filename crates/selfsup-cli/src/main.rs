@@ -89,6 +89,9 @@ enum ExperimentCommand {
     /// For each k: k-shot prompting vs LoRA fine-tuning on the same k examples vs a linear probe
     /// on frozen features; accuracy and compute cost in one table, CSV and plot.
     IclVsFinetune(IclVsFinetuneArgs),
+    /// Genre classification of Brown corpus passages with GPT/MLM run representations: linear
+    /// probe and fine-tuning vs bag-of-words logistic regression and random init, per label budget.
+    TextClassify(TextClassifyArgs),
 }
 
 #[derive(Args)]
@@ -159,6 +162,52 @@ struct IclVsFinetuneArgs {
     ft_lr: f64,
     /// Folder for icl_vs_finetune.csv and the plot (.png, .svg).
     #[arg(long, default_value = "runs/icl-vs-finetune")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct TextClassifyArgs {
+    #[command(flatten)]
+    common: Common,
+    /// GPT/MLM run folders (comma-separated); `minilm[:DIR]` adds the pretrained MiniLM sentence
+    /// encoder as a frozen reference. None: bag of words only.
+    #[arg(long, value_delimiter = ',')]
+    model: Vec<String>,
+    /// brown (the data cache, $SELFSUP_DATA/brown) or brown:DIR.
+    #[arg(long, default_value = "brown")]
+    data: String,
+    /// Sentences per passage.
+    #[arg(long, default_value_t = 3)]
+    sentences: usize,
+    /// Label budgets: N/class or P% (comma-separated).
+    #[arg(
+        long,
+        default_value = "1/class,10/class,10%,100%",
+        value_delimiter = ','
+    )]
+    labels: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    draws: usize,
+    /// Bag-of-words vocabulary: the words in most train passages.
+    #[arg(long, default_value_t = 2000)]
+    bow_vocab: usize,
+    /// L2 penalty of the linear probe (on the mean cross-entropy, standardized features).
+    #[arg(long, default_value_t = 1e-2)]
+    probe_l2: f64,
+    /// Fine-tuning optimizer steps per label draw (0: linear probe only).
+    #[arg(long, default_value_t = 200)]
+    finetune_steps: usize,
+    /// Fine-tuning batch size.
+    #[arg(long, default_value_t = 32)]
+    finetune_batch: usize,
+    /// Skip training each architecture from random initialisation with the same labels.
+    #[arg(long)]
+    no_scratch: bool,
+    /// Write the train split's passages as DIR/<file>.txt (for `pretrain --data text:DIR`) and stop.
+    #[arg(long)]
+    export_train_text: Option<PathBuf>,
+    /// table.csv (text_classify.csv) and plots (label_efficiency.{png,svg}).
+    #[arg(long, default_value = "runs/text-classify")]
     out: PathBuf,
 }
 
@@ -550,6 +599,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Experiment(ExperimentCommand::LabelEfficiency(a)) => experiment_efficiency(a),
         Command::Experiment(ExperimentCommand::Scaling(a)) => experiment_scaling(a),
         Command::Experiment(ExperimentCommand::IclVsFinetune(a)) => experiment_icl_vs_finetune(a),
+        Command::Experiment(ExperimentCommand::TextClassify(a)) => experiment_text_classify(a),
         Command::Icl(IclCommand::Eval(a)) => icl_eval(a),
     }
 }
@@ -1160,6 +1210,63 @@ fn experiment_icl_vs_finetune(a: IclVsFinetuneArgs) -> Result<()> {
     let report = icl_vs_finetune(&model, &task, &cfg)?;
     print!("{}", report.table());
     for p in report.write_outputs(&a.out)? {
+        eprintln!("wrote {}", p.display());
+    }
+    write_json(&a.common.json, &report)
+}
+
+fn experiment_text_classify(a: TextClassifyArgs) -> Result<()> {
+    use selfsup::data::brown;
+    use selfsup::text_classify as tc;
+    let cfg = brown::BrownConfig {
+        sentences: a.sentences,
+        ..Default::default()
+    };
+    if let Some(dir) = &a.export_train_text {
+        let data = brown::load_text_classification(&a.data, &cfg)?;
+        let n = brown::write_train_text(&data, dir)?;
+        eprintln!(
+            "wrote {} train passages from {n} files to {} (test files left out)",
+            data.train.len(),
+            dir.display()
+        );
+        return write_json(
+            &a.common.json,
+            &serde_json::json!({"dir": dir, "files": n, "passages": data.train.len()}),
+        );
+    }
+    let budgets: Vec<LabelBudget> = a.labels.iter().map(|b| b.parse()).collect::<Result<_>>()?;
+    let o = tc::TextClassifyOptions {
+        data: a.data,
+        brown: cfg,
+        models: a.model,
+        budgets,
+        draws: a.draws,
+        seed: a.common.seed,
+        bow_vocab: a.bow_vocab,
+        probe: selfsup::eval::ProbeConfig {
+            l2: a.probe_l2,
+            ..Default::default()
+        },
+        finetune: selfsup::eval::text_finetune::TextFinetuneConfig {
+            steps: a.finetune_steps,
+            batch_size: a.finetune_batch,
+            ..Default::default()
+        },
+        scratch: !a.no_scratch,
+        run: options(&a.common)?,
+    };
+    let report = tc::text_classify_experiment(&o)?;
+    println!("{}\n", tc::format_header(&report));
+    println!("{}", experiment::format_efficiency(&report.rows));
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let csv = a.out.join("text_classify.csv");
+    selfsup::train::checkpoint::write_atomic(
+        &csv,
+        experiment::efficiency_csv(&report.rows).as_bytes(),
+    )?;
+    eprintln!("wrote {}", csv.display());
+    for p in experiment::plot_efficiency(&report.rows, &a.out)? {
         eprintln!("wrote {}", p.display());
     }
     write_json(&a.common.json, &report)

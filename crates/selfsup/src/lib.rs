@@ -13,6 +13,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod report;
 pub mod scaling;
+pub mod text_classify;
 pub mod text_pipeline;
 pub mod train;
 

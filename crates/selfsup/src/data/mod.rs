@@ -15,6 +15,7 @@
 //! silently.
 
 pub mod augment;
+pub mod brown;
 pub mod cifar;
 pub mod digits;
 pub mod folder;

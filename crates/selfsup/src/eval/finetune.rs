@@ -242,13 +242,21 @@ fn probe_head(
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("fine-tuning needs labels"))?;
     let h = crate::pipeline::embed(encoder, ds, (ds.height, ds.width), device, 256);
-    let d = h.len() / ds.len().max(1);
-    let st = crate::eval::Standardizer::fit(&h, ds.len(), d)?;
-    let z = st.transform(&h)?;
+    probe_linear(&h, labels, classes, device)
+}
+
+/// Fits the linear probe on features `h` (row-major, one row per label) and folds the
+/// standardization into a Linear layer on the raw features (the LP-FT starting head).
+pub fn probe_linear(h: &[f32], labels: &[u32], classes: usize, device: &Device) -> Result<Linear> {
+    ensure!(!labels.is_empty(), "fine-tuning needs at least one label");
+    let n = labels.len();
+    let d = h.len() / n;
+    let st = crate::eval::Standardizer::fit(h, n, d)?;
+    let z = st.transform(h)?;
     let probe = crate::eval::fit_probe(
         &z,
         labels,
-        ds.len(),
+        n,
         d,
         classes,
         &crate::eval::ProbeConfig::default(),

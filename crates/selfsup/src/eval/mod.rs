@@ -14,6 +14,7 @@ pub mod finetune;
 mod knn;
 mod npy;
 mod probe;
+pub mod text_finetune;
 
 pub use budget::{draw_labeled, LabelBudget};
 pub use features::Standardizer;

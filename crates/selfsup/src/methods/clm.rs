@@ -179,6 +179,25 @@ impl Gpt {
         self.run(ids, None, false).logits
     }
 
+    /// Final hidden states `[B, T, D]` (after `ln_f`), the representation for downstream tasks.
+    /// Skips the LM head, the costliest matmul with a large vocabulary.
+    pub fn hidden(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        assert!(
+            t <= self.context_length(),
+            "sequence of {t} positions exceeds the context length {}",
+            self.context_length()
+        );
+        let d = self.wte.val().dims()[1];
+        let tok = burn::tensor::module::embedding(self.wte.val(), ids);
+        let pos = self.wpe.val().narrow(0, 0, t).reshape([1, t, d]);
+        let mut x = self.drop.forward(tok + pos.expand([b, t, d]));
+        for block in &self.h {
+            x = block.forward(x, None).0;
+        }
+        self.ln_f.forward(x)
+    }
+
     /// Forward pass that also returns the hidden states and attention probabilities.
     pub fn forward_trace(&self, ids: Tensor<2, Int>) -> GptTrace {
         self.run(ids, None, true)
