@@ -173,7 +173,8 @@ struct TextClassifyArgs {
     /// encoder as a frozen reference. None: bag of words only.
     #[arg(long, value_delimiter = ',')]
     model: Vec<String>,
-    /// brown (the data cache, $SELFSUP_DATA/brown) or brown:DIR.
+    /// brown (the data cache, $SELFSUP_DATA/brown) or brown:DIR; your own labelled text:
+    /// folder:DIR (DIR/{train,test}/<class>/*.txt) or jsonl:PATH ({"text","label","split"?}).
     #[arg(long, default_value = "brown")]
     data: String,
     /// Sentences per passage.

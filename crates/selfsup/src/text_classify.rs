@@ -188,7 +188,7 @@ impl TextModel {
 /// Settings of `experiment text-classify`.
 #[derive(Clone, Debug)]
 pub struct TextClassifyOptions {
-    /// `brown` or `brown:DIR`.
+    /// `brown`, `brown:DIR`, `folder:DIR` or `jsonl:PATH` (see `data::labeled_text`).
     pub data: String,
     pub brown: BrownConfig,
     /// GPT/MLM run folders, or `minilm[:DIR]` (frozen reference, probe only).
@@ -470,6 +470,17 @@ fn progress_bar(show: bool, len: u64, label: &str) -> indicatif::ProgressBar {
 
 /// The report's header line for the table.
 pub fn format_header(r: &TextClassifyReport) -> String {
+    if !r.data.starts_with("brown") {
+        // Your own data (folder:/jsonl:): one example per file or line.
+        return format!(
+            "{}: {} classes, {} train / {} test examples; mean ± std over {} label draws",
+            r.data,
+            r.classes.len(),
+            r.train_passages,
+            r.test_passages,
+            r.draws
+        );
+    }
     format!(
         "{}: {} genres, {} train passages ({} files) / {} test passages ({} files), {} sentences each; mean ± std over {} label draws",
         r.data,

@@ -85,8 +85,9 @@ impl TextClassData {
     }
 }
 
-/// `brown` (the data cache: `$SELFSUP_DATA/brown`, default `~/.cache/selfsup-data/brown`) or
-/// `brown:DIR`.
+/// `brown` (the data cache: `$SELFSUP_DATA/brown`, default `~/.cache/selfsup-data/brown`),
+/// `brown:DIR`, or your own labelled text: `folder:DIR` / `jsonl:PATH` (see
+/// [`super::labeled_text`]).
 pub fn load_text_classification(spec: &str, cfg: &BrownConfig) -> Result<TextClassData> {
     let (kind, dir) = match spec.split_once(':') {
         Some((k, d)) => (k, Some(PathBuf::from(d))),
@@ -109,7 +110,17 @@ pub fn load_text_classification(spec: &str, cfg: &BrownConfig) -> Result<TextCla
             };
             load_brown(&dir, cfg)
         }
-        _ => bail!("unknown text classification data {spec:?}: expected brown or brown:DIR"),
+        "folder" | "jsonl" => {
+            let path = dir.with_context(|| format!("{kind}: needs a path ({kind}:PATH)"))?;
+            if kind == "folder" {
+                super::labeled_text::load_folder(&path)
+            } else {
+                super::labeled_text::load_jsonl(&path)
+            }
+        }
+        _ => bail!(
+            "unknown text classification data {spec:?}: expected brown[:DIR], folder:DIR or jsonl:PATH"
+        ),
     }
 }
 

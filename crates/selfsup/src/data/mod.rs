@@ -20,6 +20,7 @@ pub mod cifar;
 pub mod digits;
 pub mod folder;
 pub mod idx;
+pub mod labeled_text;
 pub mod loader;
 pub(crate) mod resample;
 
