@@ -13,10 +13,15 @@
 //! - [`eval`]: the harness: per-k metrics with standard errors, sample logs, a cache of model
 //!   calls, the accuracy-vs-k table and CSV.
 //! - [`tasks`]: built-in tasks (synthetic, CLDR and FreeDict English→French) by name.
+//! - [`regression`], [`regression_model`], [`regression_run`]: in-context linear regression
+//!   learned by a small transformer trained here (Garg et al. 2022), against classical baselines.
 
 pub mod eval;
 pub mod llama_lm;
 pub mod model;
+pub mod regression;
+pub mod regression_model;
+pub mod regression_run;
 pub mod score;
 pub mod task;
 pub mod tasks;
