@@ -168,8 +168,8 @@ pub struct SummaryRow {
     pub least_squares: f64,
     pub nearest_neighbours: f64,
     pub averaging: f64,
-    /// model / least squares.
-    pub ratio: f64,
+    /// model / least squares; none where least squares is exact (k ≥ d, noiseless).
+    pub ratio: Option<f64>,
 }
 
 /// Trains (or resumes, or reuses the finished run in `out`), then evaluates.
@@ -469,7 +469,7 @@ pub fn summary(dim: usize, points: usize, curves: &[ErrorCurve]) -> Vec<SummaryR
                 least_squares: at(1),
                 nearest_neighbours: at(2),
                 averaging: at(3),
-                ratio: at(0) / at(1),
+                ratio: (at(1) > EXACT).then(|| at(0) / at(1)),
             }
         })
         .collect()
