@@ -41,7 +41,8 @@ enum Command {
     /// In-context learning: few-shot evaluation of a language model (no gradient update).
     #[command(subcommand)]
     Icl(IclCommand),
-    /// Experiments: collapse (Problem 1), label efficiency, scaling.
+    /// Experiments: collapse (Problem 1), label efficiency, scaling, ICL vs fine-tuning, text
+    /// classification, in-context regression.
     #[command(subcommand)]
     Experiment(ExperimentCommand),
     /// VAE grids: samples from the prior, reconstructions, latent traversals.
@@ -92,6 +93,9 @@ enum ExperimentCommand {
     /// Genre classification of Brown corpus passages with GPT/MLM run representations: linear
     /// probe and fine-tuning vs bag-of-words logistic regression and random init, per label budget.
     TextClassify(TextClassifyArgs),
+    /// In-context linear regression (Garg et al. 2022): train a small transformer on fresh
+    /// y = w·x tasks with a curriculum, then error vs k against least squares, 3-NN, averaging.
+    IclRegression(IclRegressionArgs),
 }
 
 #[derive(Args)]
@@ -209,6 +213,43 @@ struct TextClassifyArgs {
     export_train_text: Option<PathBuf>,
     /// table.csv (text_classify.csv) and plots (label_efficiency.{png,svg}).
     #[arg(long, default_value = "runs/text-classify")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct IclRegressionArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Dimension d of x.
+    #[arg(long, default_value_t = 5)]
+    dim: usize,
+    /// Largest number of in-context examples k (sequences hold k + 1 pairs).
+    #[arg(long, default_value_t = 20)]
+    points: usize,
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    #[arg(long, default_value_t = 64)]
+    d_model: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Optimizer steps (default 2000)…
+    #[arg(long, conflicts_with = "minutes")]
+    steps: Option<usize>,
+    /// …or minutes of training (the step count is fixed from the speed of the first steps).
+    #[arg(long)]
+    minutes: Option<f64>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    /// Steps between curriculum increases (default: the curriculum ends halfway through training).
+    #[arg(long)]
+    curriculum_interval: Option<usize>,
+    /// Fresh sequences for the final evaluation.
+    #[arg(long, default_value_t = 2560)]
+    eval_sequences: usize,
+    /// Run folder (resumed if unfinished, reused if finished), table CSV and plots.
+    #[arg(long, default_value = "runs/icl-regression")]
     out: PathBuf,
 }
 
@@ -601,6 +642,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Experiment(ExperimentCommand::Scaling(a)) => experiment_scaling(a),
         Command::Experiment(ExperimentCommand::IclVsFinetune(a)) => experiment_icl_vs_finetune(a),
         Command::Experiment(ExperimentCommand::TextClassify(a)) => experiment_text_classify(a),
+        Command::Experiment(ExperimentCommand::IclRegression(a)) => experiment_icl_regression(a),
         Command::Icl(IclCommand::Eval(a)) => icl_eval(a),
     }
 }
@@ -1268,6 +1310,34 @@ fn experiment_text_classify(a: TextClassifyArgs) -> Result<()> {
     )?;
     eprintln!("wrote {}", csv.display());
     for p in experiment::plot_efficiency(&report.rows, &a.out)? {
+        eprintln!("wrote {}", p.display());
+    }
+    write_json(&a.common.json, &report)
+}
+
+fn experiment_icl_regression(a: IclRegressionArgs) -> Result<()> {
+    use selfsup::icl::regression_run as rr;
+    let mut cfg = rr::IclRegressionConfig::new(a.dim, a.points);
+    cfg.seed = a.common.seed;
+    cfg.n_layers = a.layers;
+    cfg.d_model = a.d_model;
+    cfg.n_heads = a.heads;
+    cfg.curriculum_interval = a.curriculum_interval;
+    cfg.eval_sequences = a.eval_sequences;
+    cfg.train.batch_size = a.batch_size;
+    cfg.train.lr = a.lr;
+    if a.minutes.is_some() {
+        cfg.train.steps = None;
+        cfg.train.minutes = a.minutes;
+    } else if a.steps.is_some() {
+        cfg.train.steps = a.steps;
+    }
+    let report = rr::icl_regression(&cfg, &a.out, &options(&a.common)?)?;
+    print!("{}", rr::format_table(&report));
+    let csv = a.out.join("icl_regression.csv");
+    selfsup::train::checkpoint::write_atomic(&csv, rr::csv(&report).as_bytes())?;
+    eprintln!("wrote {}", csv.display());
+    for p in rr::plot(&report, &a.out)? {
         eprintln!("wrote {}", p.display());
     }
     write_json(&a.common.json, &report)

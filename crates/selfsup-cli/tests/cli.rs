@@ -227,3 +227,57 @@ fn experiment_scaling_rejects_bad_grids() {
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert!(err.contains("get.sh shakespeare"), "{err}");
 }
+
+#[test]
+fn icl_regression_runs_and_rejects_bad_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("reg");
+    let out = out.to_str().unwrap();
+    let base = ["experiment", "icl-regression", "--out", out];
+    let with =
+        |extra: &[&'static str]| -> Vec<&str> { base.iter().chain(extra).copied().collect() };
+    fails_with(&with(&["--heads", "3"]), "not a multiple of n_heads 3");
+    fails_with(&with(&["--dim", "0"]), "dim must be at least 1");
+    fails_with(&with(&["--lr", "0"]), "lr must be positive");
+    let j = dir.path().join("r.json");
+    let args = with(&[
+        "--dim",
+        "2",
+        "--points",
+        "4",
+        "--d-model",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--eval-sequences",
+        "32",
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    let mut args = args;
+    args.push(j.to_str().unwrap());
+    let (code, table, err) = selfsup(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.contains("least squares") && table.contains("3-NN"),
+        "{table}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert_eq!(report["steps"], 6);
+    assert_eq!(report["curves"].as_array().unwrap().len(), 4);
+    for f in [
+        "icl_regression.csv",
+        "icl_regression.png",
+        "icl_regression.svg",
+    ] {
+        assert!(dir.path().join("reg").join(f).exists(), "{f} missing");
+    }
+}

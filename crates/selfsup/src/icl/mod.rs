@@ -15,11 +15,16 @@
 //! - [`tasks`]: built-in tasks (synthetic, CLDR and FreeDict English→French) by name.
 //! - [`finetune`], [`versus`]: LoRA fine-tuning on the k examples, and ICL vs fine-tuning vs a
 //!   linear probe at equal labels.
+//! - [`regression`], [`regression_model`], [`regression_run`]: in-context linear regression
+//!   learned by a small transformer trained here (Garg et al. 2022), against classical baselines.
 
 pub mod eval;
 pub mod finetune;
 pub mod llama_lm;
 pub mod model;
+pub mod regression;
+pub mod regression_model;
+pub mod regression_run;
 pub mod score;
 pub mod task;
 pub mod tasks;

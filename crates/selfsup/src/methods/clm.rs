@@ -97,7 +97,7 @@ pub struct Block {
 }
 
 impl Block {
-    fn forward(
+    pub fn forward(
         &self,
         x: Tensor<3>,
         cache: Option<(&mut KvCache, usize)>,
