@@ -436,6 +436,28 @@ pub struct EfficiencyRow {
     pub seconds: f64,
 }
 
+impl EfficiencyRow {
+    pub fn new(
+        method: &str,
+        protocol: &str,
+        budget: &LabelBudget,
+        labels: usize,
+        r: &EvalResult,
+        seconds: f64,
+    ) -> Self {
+        Self {
+            method: method.into(),
+            protocol: protocol.into(),
+            budget: budget.to_string(),
+            labels,
+            mean: r.mean,
+            std: r.std,
+            runs: r.runs.clone(),
+            seconds,
+        }
+    }
+}
+
 /// Settings of `experiment label-efficiency`.
 #[derive(Clone, Debug)]
 pub struct EfficiencyOptions {
@@ -490,16 +512,7 @@ pub fn label_efficiency_experiment(o: &EfficiencyOptions) -> Result<Vec<Efficien
                 r: &EvalResult,
                 secs: f64|
      -> Result<()> {
-        rows.push(EfficiencyRow {
-            method: method.into(),
-            protocol: protocol.into(),
-            budget: b.to_string(),
-            labels: count(b)?,
-            mean: r.mean,
-            std: r.std,
-            runs: r.runs.clone(),
-            seconds: secs,
-        });
+        rows.push(EfficiencyRow::new(method, protocol, b, count(b)?, r, secs));
         Ok(())
     };
     // Raw pixels: logistic regression on standardized pixels.

@@ -270,16 +270,14 @@ pub fn text_classify_on(
                 r: &EvalResult,
                 secs: f64|
      -> Result<()> {
-        rows.push(EfficiencyRow {
-            method: method.into(),
-            protocol: protocol.into(),
-            budget: b.to_string(),
-            labels: draw(b, 0)?.len(),
-            mean: r.mean,
-            std: r.std,
-            runs: r.runs.clone(),
-            seconds: secs,
-        });
+        rows.push(EfficiencyRow::new(
+            method,
+            protocol,
+            b,
+            draw(b, 0)?.len(),
+            r,
+            secs,
+        ));
         Ok(())
     };
     let probe = |rows: &mut Vec<EfficiencyRow>, set: &FeatureSet, protocol: &str| -> Result<()> {
