@@ -7,7 +7,7 @@ use crate::data::loader::ViewLoader;
 use crate::data::ImageDataset;
 use crate::methods::Objective;
 use crate::nn::Representation;
-use crate::train::{self, FitSpec, RunState, TrainConfig};
+use crate::train::{self, TrainConfig};
 use anyhow::{ensure, Result};
 use burn::module::{Module, ParamGroup};
 use burn::nn::{Linear, LinearConfig};
@@ -149,25 +149,11 @@ pub fn finetune(
         warmup_epochs: 0.0,
         batch_size: batch,
         steps: Some(cfg.steps.max(1)),
-        log_every: usize::MAX,
-        checkpoint_minutes: f64::INFINITY,
         ..Default::default()
     };
-    let state = RunState {
-        total_steps: cfg.steps.max(1),
-        steps_per_epoch: loader.batches_per_epoch(),
-        ..Default::default()
-    };
-    let spec = FitSpec {
-        cfg: &tcfg,
-        run: None,
-        samples_per_step: batch,
-        progress: false,
-        label: "finetune",
-        stop_at: state.total_steps,
-    };
+    let steps_per_epoch = loader.batches_per_epoch();
     let dev = device.clone();
-    let batches = (0..state.total_steps).map(move |step| {
+    let batches = (0..cfg.steps.max(1)).map(move |step| {
         let vb = loader.batch(step);
         let labels = vb.labels.clone().unwrap_or_default();
         let x = Tensor::<4>::from_data(
@@ -177,7 +163,15 @@ pub fn finetune(
         (x, labels)
     });
     let t0 = Instant::now();
-    let (model, state, _) = train::fit(model, opt, state, &spec, batches, None)?;
+    let (model, state, _) = train::fit_in_memory(
+        model,
+        opt,
+        &tcfg,
+        steps_per_epoch,
+        "finetune",
+        batches,
+        None,
+    )?;
     let seconds = t0.elapsed().as_secs_f64();
     let accuracy = accuracy(&model.valid(), test, &device.inner())?;
     Ok(FinetuneResult {

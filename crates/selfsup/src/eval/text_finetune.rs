@@ -12,7 +12,7 @@
 use crate::methods::clm::{int_tensor, Gpt};
 use crate::methods::mlm::{pool, BertModel, Pooling};
 use crate::methods::Objective;
-use crate::train::{self, FitSpec, RunState, TrainConfig};
+use crate::train::{self, TrainConfig};
 use anyhow::{ensure, Result};
 use burn::module::{Module, ParamGroup};
 use burn::nn::{Linear, LinearConfig};
@@ -245,22 +245,7 @@ pub fn finetune_text(
         batch_size: batch,
         steps: Some(steps),
         grad_clip: Some(1.0),
-        log_every: usize::MAX,
-        checkpoint_minutes: f64::INFINITY,
         ..Default::default()
-    };
-    let state = RunState {
-        total_steps: steps,
-        steps_per_epoch: n.div_ceil(batch),
-        ..Default::default()
-    };
-    let spec = FitSpec {
-        cfg: &tcfg,
-        run: None,
-        samples_per_step: batch,
-        progress: false,
-        label: "finetune",
-        stop_at: steps,
     };
     let dev = ad.clone();
     // Each batch is a pure function of (seed, step): a random subset of the labelled passages.
@@ -274,7 +259,15 @@ pub fn finetune_text(
         (ids, mask, y)
     });
     let t0 = Instant::now();
-    let (model, state, _) = train::fit(model, opt, state, &spec, batches, None)?;
+    let (model, state, _) = train::fit_in_memory(
+        model,
+        opt,
+        &tcfg,
+        n.div_ceil(batch),
+        "finetune",
+        batches,
+        None,
+    )?;
     let seconds = t0.elapsed().as_secs_f64();
     let accuracy = text_accuracy(&model.valid(), test, test_labels, &ad.inner());
     Ok(FinetuneResult {

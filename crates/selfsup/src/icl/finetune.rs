@@ -35,7 +35,7 @@ use crate::lm::llama::{Llama, LlamaConfig};
 use crate::lm::tokenizer::{SpecialTokens, Tokenizer};
 use crate::methods::clm::{int_tensor, Gpt};
 use crate::methods::Objective;
-use crate::train::{self, EvalOutput, FitSpec, RunState, TrainConfig};
+use crate::train::{self, EvalOutput, TrainConfig};
 
 /// LoRA fine-tuning hyperparameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -566,25 +566,10 @@ fn train_target<M: Objective<Batch = TargetBatch>>(
         final_lr_frac: 0.1,
         batch_size: batch,
         steps: Some(cfg.steps),
-        log_every: usize::MAX,
-        checkpoint_minutes: f64::INFINITY,
         eval_every: 1,
         ..Default::default()
     };
     let opt = train::optim::build_optimizer("adamw", 0.0, 0.9)?;
-    let state = RunState {
-        total_steps: cfg.steps,
-        steps_per_epoch: per_epoch,
-        ..Default::default()
-    };
-    let spec = FitSpec {
-        cfg: &tcfg,
-        run: None,
-        samples_per_step: batch,
-        progress: false,
-        label: "lora",
-        stop_at: cfg.steps,
-    };
     let dev = ad.clone();
     let items = batches
         .into_iter()
@@ -607,7 +592,15 @@ fn train_target<M: Objective<Batch = TargetBatch>>(
         Ok(EvalOutput::default())
     });
     let t0 = Instant::now();
-    let (model, state, _) = train::fit(model, opt, state, &spec, items.into_iter(), Some(hook))?;
+    let (model, state, _) = train::fit_in_memory(
+        model,
+        opt,
+        &tcfg,
+        per_epoch,
+        "lora",
+        items.into_iter(),
+        Some(hook),
+    )?;
     let seconds = t0.elapsed().as_secs_f64();
     Ok((
         model,

@@ -288,6 +288,41 @@ pub fn total_steps(cfg: &TrainConfig, steps_per_epoch: usize) -> usize {
 /// One batch and the seconds the trainer waited for it.
 pub type Timed<B> = (B, f64);
 
+/// [`fit`] in memory for exactly `cfg.steps` steps: no run folder, progress bar, periodic log or
+/// checkpoint — fine-tuning inside an experiment.
+pub fn fit_in_memory<M: Objective>(
+    model: M,
+    opt: ModuleOptimizer,
+    cfg: &TrainConfig,
+    steps_per_epoch: usize,
+    label: &str,
+    batches: impl Iterator<Item = M::Batch>,
+    eval: Option<EvalHook<'_, M>>,
+) -> Result<(M, RunState, Outcome)> {
+    let steps = cfg
+        .steps
+        .ok_or_else(|| anyhow::anyhow!("{label}: in-memory training needs a step count"))?;
+    let cfg = TrainConfig {
+        log_every: usize::MAX,
+        checkpoint_minutes: f64::INFINITY,
+        ..cfg.clone()
+    };
+    let state = RunState {
+        total_steps: steps,
+        steps_per_epoch,
+        ..Default::default()
+    };
+    let spec = FitSpec {
+        cfg: &cfg,
+        run: None,
+        samples_per_step: cfg.batch_size,
+        progress: false,
+        label,
+        stop_at: steps,
+    };
+    fit(model, opt, state, &spec, batches, eval)
+}
+
 /// Runs the optimization loop from `state.step` to `state.total_steps`.
 ///
 /// `batches` yields the batches for steps `state.step..total_steps` in order. On a NaN/Inf loss
