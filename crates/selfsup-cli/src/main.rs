@@ -226,6 +226,10 @@ struct IclRegressionArgs {
     /// Largest number of in-context examples k (sequences hold k + 1 pairs).
     #[arg(long, default_value_t = 20)]
     points: usize,
+    /// Standard deviation σ of Gaussian noise on y (noisy linear regression; 0 = noiseless).
+    /// Errors are then measured against the noisy y and ridge (λ = σ²) joins the baselines.
+    #[arg(long, default_value_t = 0.0)]
+    noise: f64,
     #[arg(long, default_value_t = 4)]
     layers: usize,
     #[arg(long, default_value_t = 64)]
@@ -302,6 +306,10 @@ struct EfficiencyArgs {
     /// Fine-tuning / from-scratch optimizer steps per label draw.
     #[arg(long, default_value_t = 500)]
     finetune_steps: usize,
+    /// Frozen protocols: average-pool the encoder's last feature map onto an N×N grid (C·N²
+    /// features; 1 = global average pooling, the representation h). VAE runs keep μ_z.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+    pool_grid: u64,
     /// Run folders (OUT/<method>, reused when finished), table.csv, plots.
     #[arg(long, default_value = "runs/label-efficiency")]
     out: PathBuf,
@@ -564,6 +572,10 @@ struct EvalArgs {
     /// With --run pixels/random: resize images to this square side when loading.
     #[arg(long)]
     image_size: Option<usize>,
+    /// Frozen protocols: average-pool the encoder's last feature map onto an N×N grid (C·N²
+    /// features; 1 = global average pooling, the representation h). Not for VAE runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+    pool_grid: u64,
 }
 
 #[derive(Args)]
@@ -863,12 +875,15 @@ fn evaluate(a: EvalArgs, linear: bool) -> Result<()> {
         .with_context(|| format!("dataset `{data}` has no test split to evaluate on"))?;
     let train = splits.train;
     let hw = pipeline::input_hw(&train);
+    let grid = a.pool_grid as usize;
     let features = match (name.as_str(), encoder) {
         ("pixels", _) => experiment::pixel_features(&train, &test),
-        (_, Some(enc)) => experiment::encoder_features(&name, &enc, &train, &test, hw, &opts),
+        (_, Some(enc)) => {
+            experiment::encoder_features(&name, &enc, &train, &test, hw, grid, &opts)?
+        }
         (_, None) => {
             let enc = pipeline::random_representation(&cfg, &train, &opts.device);
-            experiment::encoder_features("random", &enc, &train, &test, hw, &opts)
+            experiment::encoder_features("random", &enc, &train, &test, hw, grid, &opts)?
         }
     };
     let mut ecfg = EvalConfig {
@@ -1180,6 +1195,7 @@ fn experiment_efficiency(a: EfficiencyArgs) -> Result<()> {
         minutes: a.minutes,
         batch_size: a.batch_size,
         finetune,
+        pool_grid: a.pool_grid as usize,
         out: a.out.clone(),
         run: options(&a.common)?,
     };
@@ -1319,6 +1335,7 @@ fn experiment_icl_regression(a: IclRegressionArgs) -> Result<()> {
     use selfsup::icl::regression_run as rr;
     let mut cfg = rr::IclRegressionConfig::new(a.dim, a.points);
     cfg.seed = a.common.seed;
+    cfg.noise = a.noise;
     cfg.n_layers = a.layers;
     cfg.d_model = a.d_model;
     cfg.n_heads = a.heads;

@@ -171,6 +171,23 @@ fn pretrain_probe_knn_embed_augment_work() {
     assert!(acc > 0.5 && acc <= 1.0, "probe accuracy {acc}");
     let (code, _, err) = selfsup(&["knn", "--run", run_s, "--labels", "10%"]);
     assert_eq!(code, 0, "{err}");
+    // A grid-pooled probe reads C·4 features and still learns the digits.
+    let (code, out, err) = selfsup(&[
+        "probe",
+        "--run",
+        run_s,
+        "--labels",
+        "100%",
+        "--draws",
+        "1",
+        "--pool-grid",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("100%"), "{out}");
+    let (code, _, err) = selfsup(&["probe", "--run", run_s, "--pool-grid", "0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("pool-grid"), "{err}");
     let emb = d.join("emb");
     let (code, _, err) = selfsup(&["embed", "--run", run_s, "--out", emb.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -239,6 +256,10 @@ fn icl_regression_runs_and_rejects_bad_sizes() {
     fails_with(&with(&["--heads", "3"]), "not a multiple of n_heads 3");
     fails_with(&with(&["--dim", "0"]), "dim must be at least 1");
     fails_with(&with(&["--lr", "0"]), "lr must be positive");
+    fails_with(
+        &with(&["--noise=-1"]),
+        "noise must be a finite standard deviation",
+    );
     let j = dir.path().join("r.json");
     let args = with(&[
         "--dim",

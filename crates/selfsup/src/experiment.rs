@@ -28,24 +28,26 @@ pub fn pixel_features(train: &ImageDataset, test: &ImageDataset) -> FeatureSet {
     }
 }
 
-/// Encoder features h = f(x) on both splits.
+/// Encoder features h = f(x) on both splits; `grid > 1` pools the last feature map onto a
+/// grid × grid layout instead of globally ([`Representation::forward_grid`]).
 pub fn encoder_features(
     name: &str,
     encoder: &Representation,
     train: &ImageDataset,
     test: &ImageDataset,
     hw: (usize, usize),
+    grid: usize,
     opts: &RunOptions,
-) -> FeatureSet {
-    let tr = pipeline::embed(encoder, train, hw, &opts.device, 256);
-    let te = pipeline::embed(encoder, test, hw, &opts.device, 256);
+) -> Result<FeatureSet> {
+    let tr = pipeline::embed_grid(encoder, train, hw, &opts.device, 256, grid)?;
+    let te = pipeline::embed_grid(encoder, test, hw, &opts.device, 256, grid)?;
     let dim = tr.len() / train.len().max(1);
-    FeatureSet {
+    Ok(FeatureSet {
         name: name.into(),
         dim,
         train: tr,
         test: te,
-    }
+    })
 }
 
 /// One row of a label-efficiency table.
@@ -212,15 +214,24 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
     let random = pipeline::random_representation(&cfg, &train, &device);
     let sets = vec![
         pixel_features(&train, &test),
-        encoder_features("random-init encoder", &random, &train, &test, hw, &opts.run),
+        encoder_features(
+            "random-init encoder",
+            &random,
+            &train,
+            &test,
+            hw,
+            1,
+            &opts.run,
+        )?,
         encoder_features(
             "SimCLR encoder",
             &trained.encoder,
             &train,
             &test,
             hw,
+            1,
             &opts.run,
-        ),
+        )?,
     ];
     let budgets: Vec<LabelBudget> = ["1/class", "5/class", "10/class", "100%"]
         .iter()
@@ -357,8 +368,9 @@ pub fn collapse_experiment(o: &CollapseOptions) -> Result<Vec<CollapseRow>> {
                     &splits.train,
                     test,
                     pipeline::input_hw(test),
+                    1,
                     &o.run,
-                );
+                )?;
                 let ecfg = EvalConfig {
                     draws: 1,
                     seed: o.seed,
@@ -472,6 +484,9 @@ pub struct EfficiencyOptions {
     pub minutes: Option<f64>,
     pub batch_size: usize,
     pub finetune: crate::eval::finetune::FinetuneConfig,
+    /// Frozen protocols pool the encoder's last feature map onto a grid × grid layout (1 = the
+    /// global average h); the VAE's μ_z is always used as is.
+    pub pool_grid: usize,
     /// Run folders go to OUT/<method>; finished runs there are reused.
     pub out: PathBuf,
     pub run: RunOptions,
@@ -485,6 +500,7 @@ pub fn label_efficiency_experiment(o: &EfficiencyOptions) -> Result<Vec<Efficien
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let mut base = PretrainConfig::new("simclr", &o.data);
     base.encoder = o.encoder.clone();
+    base.seed = o.seed;
     let splits = pipeline::load_data(&o.data, &base)?;
     let train = splits.train;
     let test = splits
@@ -534,6 +550,25 @@ pub fn label_efficiency_experiment(o: &EfficiencyOptions) -> Result<Vec<Efficien
             0.0,
         )?;
     }
+    // A random-init encoder of the same architecture, pooled the same way: what the
+    // architecture gives without any training.
+    let random = pipeline::random_representation(&base, &train, &o.run.device);
+    let set = encoder_features(
+        "random-init",
+        &random,
+        &train,
+        &test,
+        hw,
+        o.pool_grid,
+        &o.run,
+    )?;
+    for r in label_efficiency(std::slice::from_ref(&set), &train, &test, &o.budgets, &ecfg)? {
+        let b: LabelBudget = r.budget.parse()?;
+        let linear = EvalResult::from_runs(r.linear_runs.clone());
+        push(&mut rows, "random-init", "linear probe", &b, &linear, 0.0)?;
+        let knn = EvalResult::from_runs(r.knn_runs.clone());
+        push(&mut rows, "random-init", "kNN", &b, &knn, 0.0)?;
+    }
     // Fine-tuning on a labelled subset: the same draws as the frozen protocols.
     let subset = |b: &LabelBudget, draw: usize| -> Result<ImageDataset> {
         Ok(train.subset(&crate::eval::draw_labeled(
@@ -566,7 +601,11 @@ pub fn label_efficiency_experiment(o: &EfficiencyOptions) -> Result<Vec<Efficien
             pipeline::pretrain(&cfg, &dir, &o.run)?;
         }
         let run = pipeline::load_run(&dir, &o.run.device)?;
-        let set = encoder_features(method, &run.encoder, &train, &test, hw, &o.run);
+        let grid = match run.encoder {
+            crate::nn::Representation::Vae(_) => 1,
+            _ => o.pool_grid,
+        };
+        let set = encoder_features(method, &run.encoder, &train, &test, hw, grid, &o.run)?;
         for r in label_efficiency(std::slice::from_ref(&set), &train, &test, &o.budgets, &ecfg)? {
             let b: LabelBudget = r.budget.parse()?;
             push(

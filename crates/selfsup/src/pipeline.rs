@@ -576,6 +576,20 @@ pub fn embed(
     device: &Device,
     batch: usize,
 ) -> Vec<f32> {
+    // Grid 1 (global pooling) cannot fail.
+    embed_grid(rep, ds, hw, device, batch, 1).unwrap_or_default()
+}
+
+/// [`embed`] with the last feature map pooled onto a `grid × grid` layout
+/// ([`Representation::forward_grid`]).
+pub fn embed_grid(
+    rep: &Representation,
+    ds: &ImageDataset,
+    hw: (usize, usize),
+    device: &Device,
+    batch: usize,
+    grid: usize,
+) -> Result<Vec<f32>> {
     let rep = rep.valid();
     let device = device.clone().inner();
     let identity = AugmentConfig::none();
@@ -606,12 +620,12 @@ pub fn embed(
             &device,
         );
         out.extend(
-            rep.forward(x)
+            rep.forward_grid(x, grid)?
                 .into_data()
                 .convert::<f32>()
                 .try_to_vec::<f32>()
                 .unwrap_or_default(),
         );
     }
-    out
+    Ok(out)
 }

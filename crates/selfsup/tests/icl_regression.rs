@@ -4,7 +4,8 @@
 
 use burn::prelude::*;
 use selfsup::icl::regression::{
-    least_squares, sample_batch, Baseline, Curriculum, ErrorCurve, RegressionBatch,
+    least_squares, ridge, sample_batch, sample_noisy_batch, Baseline, Curriculum, ErrorCurve,
+    RegressionBatch,
 };
 use selfsup::icl::regression_model::{RegressionGpt, RegressionGptConfig};
 use selfsup::icl::regression_run::{icl_regression, load_model, IclRegressionConfig};
@@ -319,4 +320,88 @@ fn resume_is_exact_and_a_finished_run_is_reused() {
         err.contains("dim") && err.contains("another --out"),
         "{err}"
     );
+}
+
+#[test]
+fn noisy_batches_add_gaussian_noise_to_y_only() {
+    // σ = 0 is exactly the noiseless stream.
+    assert_eq!(
+        sample_noisy_batch(5, 2, 4, 6, 3, 3, 0.0).unwrap(),
+        sample_batch(5, 2, 4, 6, 3, 3).unwrap()
+    );
+    let b = sample_noisy_batch(5, 2, 400, 10, 3, 3, 0.5).unwrap();
+    let mut resid = vec![];
+    for s in 0..b.batch {
+        let w = &b.ws[s * 3..s * 3 + 3];
+        for i in 0..b.points {
+            let x = &b.xs[(s * b.points + i) * 3..(s * b.points + i + 1) * 3];
+            let clean: f32 = x.iter().zip(w).map(|(a, c)| a * c).sum();
+            resid.push((b.ys[s * b.points + i] - clean) as f64);
+        }
+    }
+    let n = resid.len() as f64;
+    let mean = resid.iter().sum::<f64>() / n;
+    let std = (resid.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    assert!(mean.abs() < 0.03, "noise mean {mean}");
+    assert!((std - 0.5).abs() < 0.02, "noise std {std}");
+    assert!(sample_noisy_batch(5, 2, 4, 6, 3, 3, -1.0).is_err());
+    assert!(sample_noisy_batch(5, 2, 4, 6, 3, 3, f32::NAN).is_err());
+}
+
+#[test]
+fn ridge_solves_the_regularized_normal_equations() {
+    // X = [[1, 0], [1, 1], [0, 2]], y = [1, 2, 2], λ = 0.5:
+    // XᵀX + λI = [[2.5, 1], [1, 5.5]], Xᵀy = [3, 6] → ŵ = [10.5, 12] / 12.75.
+    let x = [1.0, 0.0, 1.0, 1.0, 0.0, 2.0];
+    let y = [1.0, 2.0, 2.0];
+    let w = ridge(&x, 3, 2, &y, 0.5);
+    assert!(close(&w, &[10.5 / 12.75, 12.0 / 12.75], 1e-12), "{w:?}");
+    // λ = 0 is least squares; a huge λ shrinks ŵ to 0.
+    assert!(close(
+        &ridge(&x, 3, 2, &y, 0.0),
+        &least_squares(&x, 3, 2, &y),
+        1e-12
+    ));
+    assert!(ridge(&x, 3, 2, &y, 1e9).iter().all(|v| v.abs() < 1e-8));
+    // Fewer rows than columns: still finite and shrunk below the min-norm interpolant.
+    let w1 = ridge(&[1.0, 1.0], 1, 2, &[2.0], 1.0);
+    assert!(close(&w1, &[2.0 / 3.0, 2.0 / 3.0], 1e-12), "{w1:?}");
+}
+
+#[test]
+fn on_a_noisy_task_ridge_beats_least_squares_near_k_equal_d() {
+    let b = sample_noisy_batch(9, 0, 400, 12, 4, 4, 1.0).unwrap();
+    let ls = ErrorCurve::baseline(Baseline::LeastSquares, &b).unwrap();
+    let rg = ErrorCurve::baseline(Baseline::Ridge(1.0), &b).unwrap();
+    assert_eq!(rg.name, "ridge");
+    // At k = d least squares interpolates the noise; the Bayes-optimal ridge does not.
+    assert!(
+        rg.mean[4] < 0.5 * ls.mean[4],
+        "{} vs {}",
+        rg.mean[4],
+        ls.mean[4]
+    );
+    // Neither beats the noise floor σ²/d = 0.25 by much at k = 11.
+    assert!(rg.mean[11] > 0.2 && rg.mean[11] <= ls.mean[11] * 1.05);
+}
+
+#[test]
+fn a_noisy_run_reports_ridge_and_finite_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(4);
+    cfg.noise = 0.5;
+    let r = icl_regression(&cfg, dir.path(), &RunOptions::default()).unwrap();
+    assert_eq!(r.curves.len(), 5);
+    assert_eq!(r.curves[4].name, "ridge");
+    let row = &r.summary[0];
+    assert!(row.ridge.is_some() && row.ratio.is_some(), "{row:?}");
+    let table = selfsup::icl::regression_run::format_table(&r);
+    assert!(
+        table.contains("noise σ = 0.5") && table.contains("ridge"),
+        "{table}"
+    );
+    let mut bad = small_config(4);
+    bad.noise = -0.1;
+    let err = icl_regression(&bad, &dir.path().join("x"), &RunOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("noise"), "{err}");
 }

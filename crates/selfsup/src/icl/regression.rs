@@ -6,9 +6,13 @@
 //! w ~ N(0, I_d) is drawn afresh for every sequence. A predictor sees the first k pairs and x_{k+1}
 //! and answers ŷ_{k+1}; its error at k is E[(ŷ - y)²] / d, so that predicting 0 scores 1.
 //!
+//! With `noise σ > 0` (the paper's noisy linear regression) y = w·x + ε, ε ~ N(0, σ²), and the
+//! error is measured against the noisy y, so σ²/d is a floor no predictor beats.
+//!
 //! Baselines (f64, one sequence at a time): least squares (the minimum-norm solution, via the
 //! SVD pseudo-inverse, as the paper's `lstsq`), k-nearest neighbours (mean y of the 3 nearest x),
-//! and averaging (ŵ = mean of yᵢxᵢ, an unbiased estimate of w).
+//! averaging (ŵ = mean of yᵢxᵢ, an unbiased estimate of w), and, on noisy tasks, ridge regression
+//! with λ = σ², the posterior mean of w under its N(0, I) prior: the Bayes-optimal predictor.
 
 use anyhow::{ensure, Result};
 use rand::Rng;
@@ -64,6 +68,24 @@ pub fn sample_batch(
     dim: usize,
     active: usize,
 ) -> Result<RegressionBatch> {
+    sample_noisy_batch(seed, index, batch, points, dim, active, 0.0)
+}
+
+/// [`sample_batch`] with y = w·x + ε, ε ~ N(0, `noise`²). `noise = 0` draws exactly the
+/// sequences of [`sample_batch`] (no noise is drawn at all).
+pub fn sample_noisy_batch(
+    seed: u64,
+    index: u64,
+    batch: usize,
+    points: usize,
+    dim: usize,
+    active: usize,
+    noise: f32,
+) -> Result<RegressionBatch> {
+    ensure!(
+        noise.is_finite() && noise >= 0.0,
+        "the noise standard deviation must be finite and ≥ 0, got {noise}"
+    );
     ensure!(batch > 0, "the batch must hold at least one sequence");
     ensure!(points > 0, "a sequence needs at least one point");
     ensure!(
@@ -81,7 +103,12 @@ pub fn sample_batch(
         for i in 0..points {
             let x = &mut xs[(b * points + i) * dim..(b * points + i + 1) * dim];
             x[..active].iter_mut().for_each(|v| *v = normal(&mut rng));
-            ys[b * points + i] = x.iter().zip(w.iter()).map(|(a, c)| a * c).sum();
+            let clean: f32 = x.iter().zip(w.iter()).map(|(a, c)| a * c).sum();
+            ys[b * points + i] = if noise > 0.0 {
+                clean + noise * normal(&mut rng)
+            } else {
+                clean
+            };
         }
     }
     Ok(RegressionBatch {
@@ -239,6 +266,30 @@ pub fn least_squares(x: &[f64], rows: usize, cols: usize, y: &[f64]) -> Vec<f64>
     w
 }
 
+/// Ridge regression `ŵ = (XᵀX + λI)⁻¹Xᵀy` of the row-major `rows × cols` system, through the same
+/// SVD: `ŵ = Σ_j σ_j/(σ_j² + λ) (u_jᵀy) v_j`. `λ = 0` is [`least_squares`].
+pub fn ridge(x: &[f64], rows: usize, cols: usize, y: &[f64], lambda: f64) -> Vec<f64> {
+    if lambda <= 0.0 {
+        return least_squares(x, rows, cols, y);
+    }
+    assert_eq!(x.len(), rows * cols, "X must be rows × cols");
+    assert_eq!(y.len(), rows, "y must have one entry per row of X");
+    let mut w = vec![0.0; cols];
+    if rows == 0 {
+        return w;
+    }
+    let (us, v) = jacobi_svd(x, rows, cols);
+    for j in 0..cols {
+        // (UΣ)_j = σ_j u_j, so σ_j (u_jᵀy) = (UΣ)_jᵀy.
+        let sq: f64 = us[j].iter().map(|c| c * c).sum();
+        let coef = us[j].iter().zip(y).map(|(a, b)| a * b).sum::<f64>() / (sq + lambda);
+        for (wi, vi) in w.iter_mut().zip(&v[j]) {
+            *wi += coef * vi;
+        }
+    }
+    w
+}
+
 /// A classical in-context predictor: reads the first k pairs of a sequence, predicts y_{k+1}.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Baseline {
@@ -248,6 +299,8 @@ pub enum Baseline {
     NearestNeighbours(usize),
     /// ŵ = (1/k) Σ yᵢxᵢ.
     Averaging,
+    /// Ridge regression with this λ (λ = σ² is Bayes-optimal on a task with noise σ).
+    Ridge(f64),
 }
 
 impl Baseline {
@@ -263,6 +316,7 @@ impl Baseline {
             Baseline::LeastSquares => "least squares".into(),
             Baseline::NearestNeighbours(n) => format!("{n}-NN"),
             Baseline::Averaging => "averaging".into(),
+            Baseline::Ridge(_) => "ridge".into(),
         }
     }
 
@@ -281,6 +335,9 @@ impl Baseline {
                 match *self {
                     Baseline::LeastSquares => {
                         dot(&least_squares(&xs[..k * dim], k, dim, &ys[..k]), x(k))
+                    }
+                    Baseline::Ridge(lambda) => {
+                        dot(&ridge(&xs[..k * dim], k, dim, &ys[..k], lambda), x(k))
                     }
                     Baseline::NearestNeighbours(m) => {
                         let mut dist: Vec<(f64, usize)> = (0..k)

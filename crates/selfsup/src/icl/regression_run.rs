@@ -10,7 +10,9 @@ use anyhow::{bail, ensure, Context, Result};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::regression::{sample_batch, Baseline, Curriculum, ErrorCurve, RegressionBatch};
+use super::regression::{
+    sample_batch, sample_noisy_batch, Baseline, Curriculum, ErrorCurve, RegressionBatch,
+};
 use super::regression_model::{RegressionGpt, RegressionGptConfig};
 use crate::methods::Objective;
 use crate::nn::init::seeded;
@@ -34,6 +36,9 @@ pub struct IclRegressionConfig {
     pub dim: usize,
     /// Largest number of in-context examples k; a sequence holds `points + 1` pairs.
     pub points: usize,
+    /// Standard deviation σ of the noise on y (0: the noiseless task).
+    #[serde(default)]
+    pub noise: f64,
     pub d_model: usize,
     pub n_layers: usize,
     pub n_heads: usize,
@@ -57,6 +62,7 @@ impl IclRegressionConfig {
             seed: 0,
             dim,
             points,
+            noise: 0.0,
             d_model: 64,
             n_layers: 4,
             n_heads: 4,
@@ -85,6 +91,11 @@ impl IclRegressionConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.dim >= 1, "dim must be at least 1");
         ensure!(self.points >= 1, "points must be at least 1");
+        ensure!(
+            self.noise.is_finite() && self.noise >= 0.0,
+            "noise must be a finite standard deviation ≥ 0, got {}",
+            self.noise
+        );
         ensure!(
             self.d_model > 0 && self.n_layers > 0 && self.n_heads > 0,
             "model sizes must be positive"
@@ -147,6 +158,8 @@ pub struct IclRegressionReport {
     pub run_dir: PathBuf,
     pub dim: usize,
     pub points: usize,
+    /// σ of the noise on y.
+    pub noise: f64,
     pub steps: usize,
     pub total_steps: usize,
     pub train_seconds: f64,
@@ -154,7 +167,8 @@ pub struct IclRegressionReport {
     /// The run was finished already and only evaluated.
     pub reused: bool,
     pub eval_sequences: usize,
-    /// model, least squares, 3-NN, averaging; entry k of each is the error with k examples.
+    /// model, least squares, 3-NN, averaging (and ridge with λ = σ² on a noisy task); entry k
+    /// of each is the error with k examples.
     pub curves: Vec<ErrorCurve>,
     /// The headline numbers at k = d, 2d, 4d (those ≤ points).
     pub summary: Vec<SummaryRow>,
@@ -168,6 +182,8 @@ pub struct SummaryRow {
     pub least_squares: f64,
     pub nearest_neighbours: f64,
     pub averaging: f64,
+    /// Ridge with λ = σ² (the Bayes-optimal predictor), on a noisy task.
+    pub ridge: Option<f64>,
     /// model / least squares; none where least squares is exact (k ≥ d, noiseless).
     pub ratio: Option<f64>,
 }
@@ -214,6 +230,7 @@ pub fn icl_regression(
         run_dir: out.to_path_buf(),
         dim: cfg.dim,
         points: cfg.points,
+        noise: cfg.noise,
         steps: state.step,
         total_steps: state.total_steps,
         train_seconds: state.train_seconds,
@@ -275,13 +292,14 @@ fn training_batch(
     index: usize,
 ) -> Result<RegressionBatch> {
     let (dims, points) = cur.at(step);
-    sample_batch(
+    sample_noisy_batch(
         cfg.seed,
         index as u64,
         cfg.train.batch_size,
         points,
         cfg.dim,
         dims,
+        cfg.noise as f32,
     )
 }
 
@@ -337,13 +355,14 @@ fn train_run(
         cur.points_end,
         cur.interval
     );
-    let val = sample_batch(
+    let val = sample_noisy_batch(
         cfg.seed ^ EVAL_STREAM,
         u64::MAX,
         VAL_SEQUENCES,
         cfg.points + 1,
         cfg.dim,
         cfg.dim,
+        cfg.noise as f32,
     )?;
     let eval = move |m: &RegressionGpt, step: usize| -> Result<EvalOutput> {
         let curve = ErrorCurve::from_predictions("model", &m.valid().predict(&val)?, &val)?;
@@ -416,7 +435,8 @@ fn calibrate_steps(
 }
 
 /// Error vs k on `cfg.eval_sequences` fresh sequences of the full task (d = `cfg.dim`,
-/// `cfg.points + 1` pairs): the model, then least squares, 3-NN and averaging.
+/// `cfg.points + 1` pairs): the model, then least squares, 3-NN and averaging, and ridge
+/// (λ = σ²) on a noisy task.
 pub fn evaluate(model: &RegressionGpt, cfg: &IclRegressionConfig) -> Result<Vec<ErrorCurve>> {
     let n = cfg.points + 1;
     let mut xs = vec![];
@@ -427,7 +447,15 @@ pub fn evaluate(model: &RegressionGpt, cfg: &IclRegressionConfig) -> Result<Vec<
     let mut chunk = 0u64;
     while left > 0 {
         let b = left.min(EVAL_CHUNK);
-        let batch = sample_batch(cfg.seed ^ EVAL_STREAM, chunk, b, n, cfg.dim, cfg.dim)?;
+        let batch = sample_noisy_batch(
+            cfg.seed ^ EVAL_STREAM,
+            chunk,
+            b,
+            n,
+            cfg.dim,
+            cfg.dim,
+            cfg.noise as f32,
+        )?;
         preds.extend(model.predict(&batch)?);
         xs.extend(batch.xs);
         ys.extend(batch.ys);
@@ -447,6 +475,12 @@ pub fn evaluate(model: &RegressionGpt, cfg: &IclRegressionConfig) -> Result<Vec<
     let mut curves = vec![ErrorCurve::from_predictions("model", &preds, &all)?];
     for b in Baseline::ALL {
         curves.push(ErrorCurve::baseline(b, &all)?);
+    }
+    if cfg.noise > 0.0 {
+        curves.push(ErrorCurve::baseline(
+            Baseline::Ridge(cfg.noise * cfg.noise),
+            &all,
+        )?);
     }
     Ok(curves)
 }
@@ -469,6 +503,7 @@ pub fn summary(dim: usize, points: usize, curves: &[ErrorCurve]) -> Vec<SummaryR
                 least_squares: at(1),
                 nearest_neighbours: at(2),
                 averaging: at(3),
+                ridge: curves.get(4).map(|c| c.mean[k]),
                 ratio: (at(1) > EXACT).then(|| at(0) / at(1)),
             }
         })
@@ -481,9 +516,14 @@ const EXACT: f64 = 1e-9;
 /// The error-vs-k table, one line per k.
 pub fn format_table(r: &IclRegressionReport) -> String {
     let mut s = format!(
-        "in-context linear regression, d = {}: squared error / d vs number of in-context examples k \
+        "in-context linear regression, d = {}{}: squared error / d vs number of in-context examples k \
          ({} fresh sequences; {} training steps in {:.0} s{})\n",
         r.dim,
+        if r.noise > 0.0 {
+            format!(", noise σ = {}", r.noise)
+        } else {
+            String::new()
+        },
         r.eval_sequences,
         r.steps,
         r.train_seconds,
@@ -517,10 +557,18 @@ pub fn format_table(r: &IclRegressionReport) -> String {
             s.push_str(&format!("{:>11}\n", "LS exact"));
         }
     }
-    s.push_str(
-        "\nleast squares recovers w exactly from k ≥ d noiseless examples (error 0 up to rounding), \
-         so model/LS is shown only where it is finite.\n",
-    );
+    if r.noise > 0.0 {
+        s.push_str(&format!(
+            "\nerrors are against the noisy y: σ²/d = {:.4} is the floor; ridge (λ = σ²) is the \
+             Bayes-optimal predictor, least squares is far from it at k ≈ d.\n",
+            r.noise * r.noise / r.dim as f64
+        ));
+    } else {
+        s.push_str(
+            "\nleast squares recovers w exactly from k ≥ d noiseless examples (error 0 up to rounding), \
+             so model/LS is shown only where it is finite.\n",
+        );
+    }
     s
 }
 

@@ -160,7 +160,12 @@ impl ConvNet {
         Self { convs, bns }
     }
 
-    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        global_avg_pool(self.feature_map(x))
+    }
+
+    /// The last stage's activations [N, C, H', W'] before pooling.
+    pub fn feature_map(&self, mut x: Tensor<4>) -> Tensor<4> {
         for (i, conv) in self.convs.iter().enumerate() {
             x = conv.forward(x);
             if let Some(bn) = self.bns.get(i) {
@@ -168,8 +173,19 @@ impl ConvNet {
             }
             x = relu(x);
         }
-        global_avg_pool(x)
+        x
     }
+}
+
+/// Average pooling onto a `grid × grid` layout of cells, flattened channel-major: [N, C, H, W] →
+/// [N, C·grid²]. `grid = 1` is global average pooling. Cells follow adaptive pooling (cell i
+/// spans ⌊iH/g⌋..⌈(i+1)H/g⌉), so 7×7 maps split 2×2 into overlapping 4×4 windows.
+pub fn grid_avg_pool(x: Tensor<4>, grid: usize) -> Tensor<2> {
+    if grid <= 1 {
+        return global_avg_pool(x);
+    }
+    let [n, c, _, _] = x.dims();
+    burn::tensor::module::adaptive_avg_pool2d(x, [grid, grid]).reshape([n, c * grid * grid])
 }
 
 /// Mean over H and W: [N, C, H, W] → [N, C].
@@ -248,11 +264,16 @@ impl ResNet {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        global_avg_pool(self.feature_map(x))
+    }
+
+    /// The last stage's activations [N, C, H', W'] before pooling.
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = relu(self.stem_bn.forward(self.stem.forward(x)));
         for block in &self.blocks {
             x = block.forward(x);
         }
-        global_avg_pool(x)
+        x
     }
 }
 
@@ -268,6 +289,14 @@ impl Encoder {
         match self {
             Encoder::Conv(m) => m.forward(x),
             Encoder::ResNet(m) => m.forward(x),
+        }
+    }
+
+    /// The last stage's activations [N, C, H', W'] before pooling.
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Encoder::Conv(m) => m.feature_map(x),
+            Encoder::ResNet(m) => m.feature_map(x),
         }
     }
 }
