@@ -72,7 +72,8 @@ struct EmbedTextArgs {
 
 #[derive(Args)]
 struct PlotArgs {
-    /// Run folder; writes RUN_DIR/plots/training.{png,svg}.
+    /// Run folder (writes RUN_DIR/plots/training.{png,svg}), or the `--json` file of
+    /// `experiment label-efficiency` (re-draws label_efficiency.{png,svg} next to it).
     run: PathBuf,
 }
 
@@ -644,7 +645,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::EmbedText(a) => embed_text(a),
         Command::Vae(c) => vae(c),
         Command::Plot(a) => {
-            for p in selfsup::report::plot::plot_run(&a.run)? {
+            let plots = if a.run.is_file() && a.run.extension().is_some_and(|e| e == "json") {
+                experiment::replot_efficiency(&a.run)?
+            } else {
+                selfsup::report::plot::plot_run(&a.run)?
+            };
+            for p in plots {
                 println!("wrote {}", p.display());
             }
             Ok(())

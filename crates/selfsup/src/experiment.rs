@@ -432,7 +432,8 @@ pub fn format_collapse(rows: &[CollapseRow]) -> String {
 }
 
 /// One cell of the label-efficiency comparison.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EfficiencyRow {
     /// simclr, byol, vae, or "raw pixels" / "from scratch".
     pub method: String,
@@ -767,6 +768,24 @@ pub fn plot_collapse(rows: &[CollapseRow], out: &std::path::Path) -> Result<Vec<
 
 /// Accuracy vs number of labelled images (log x), one line per (method, protocol):
 /// OUT/label_efficiency.{png,svg}.
+/// Re-draws the plot of a finished comparison from its `--json` output, next to the file.
+pub fn replot_efficiency(json: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let text =
+        std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let rows: Vec<EfficiencyRow> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not the --json output of `experiment label-efficiency`",
+            json.display()
+        )
+    })?;
+    anyhow::ensure!(!rows.is_empty(), "{}: no rows to plot", json.display());
+    let dir = json
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    plot_efficiency(&rows, dir)
+}
+
 pub fn plot_efficiency(rows: &[EfficiencyRow], out: &std::path::Path) -> Result<Vec<PathBuf>> {
     use crate::report::plot::{line_plot, PlotSpec, Series};
     let mut keys: Vec<(String, String)> = vec![];

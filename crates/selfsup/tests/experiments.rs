@@ -36,12 +36,16 @@ fn label_efficiency_compares_every_protocol() {
             steps: 100,
             ..Default::default()
         },
+        // The frozen protocols read the 2×2-pooled 4×4 map of the 16-channel encoder.
+        pool_grid: 2,
         out: dir.path().to_path_buf(),
         run: RunOptions::default(),
     };
     let rows = experiment::label_efficiency_experiment(&o).unwrap();
     for (m, p) in [
         ("raw pixels", "logistic regression"),
+        ("random-init", "linear probe"),
+        ("random-init", "kNN"),
         ("simclr", "linear probe"),
         ("simclr", "kNN"),
         ("simclr", "fine-tune"),
@@ -68,6 +72,18 @@ fn label_efficiency_compares_every_protocol() {
     // Reuses the finished run the second time.
     let again = experiment::label_efficiency_experiment(&o).unwrap();
     assert_eq!(again.len(), rows.len());
+    // `selfsup plot results.json` re-draws the plot from the JSON rows.
+    let json = dir.path().join("results.json");
+    std::fs::write(&json, serde_json::to_string(&rows).unwrap()).unwrap();
+    std::fs::remove_file(dir.path().join("label_efficiency.png")).ok();
+    let plots = experiment::replot_efficiency(&json).unwrap();
+    assert!(plots.iter().all(|p| p.exists()) && dir.path().join("label_efficiency.png").exists());
+    std::fs::write(&json, "[{\"method\": 1}]").unwrap();
+    let err = format!("{:#}", experiment::replot_efficiency(&json).unwrap_err());
+    assert!(
+        err.contains("results.json") && err.contains("label-efficiency"),
+        "{err}"
+    );
     let table = experiment::format_efficiency(&rows);
     assert!(
         table.contains("fine-tune") && table.contains("2/class (20)"),

@@ -104,8 +104,9 @@ pub const RUN_PLOT_ORDER: &[&str] = &[
 const FONT: &str = "sans-serif";
 const DEJAVU_SANS: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
-/// Distinct colours (Tableau 10), cycled when there are more series.
-const COLORS: [RGBColor; 10] = [
+/// Distinct colours (Tableau 20: the ten strong colours, then their light variants, so that a
+/// chart of up to 20 series never repeats one), cycled when there are more series.
+const COLORS: [RGBColor; 20] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -116,6 +117,16 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(255, 152, 150),
+    RGBColor(197, 176, 213),
+    RGBColor(196, 156, 148),
+    RGBColor(247, 182, 210),
+    RGBColor(199, 199, 199),
+    RGBColor(219, 219, 141),
+    RGBColor(158, 218, 229),
 ];
 
 /// Colour of the `i`-th series of a chart.
