@@ -611,7 +611,11 @@ pub fn plot(r: &IclRegressionReport, out: &Path) -> Result<Vec<PathBuf>> {
         })
         .collect();
     let spec = PlotSpec {
-        title: format!("In-context linear regression, d = {}", r.dim),
+        title: if r.noise > 0.0 {
+            format!("In-context linear regression, d = {}, noise σ = {}", r.dim, r.noise)
+        } else {
+            format!("In-context linear regression, d = {}", r.dim)
+        },
         x_label: "in-context examples k".into(),
         y_label: "squared error / d".into(),
         log_y: true,
