@@ -612,7 +612,10 @@ pub fn plot(r: &IclRegressionReport, out: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     let spec = PlotSpec {
         title: if r.noise > 0.0 {
-            format!("In-context linear regression, d = {}, noise σ = {}", r.dim, r.noise)
+            format!(
+                "In-context linear regression, d = {}, noise σ = {}",
+                r.dim, r.noise
+            )
         } else {
             format!("In-context linear regression, d = {}", r.dim)
         },
