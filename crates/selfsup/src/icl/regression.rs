@@ -243,6 +243,18 @@ fn jacobi_svd(a: &[f64], rows: usize, cols: usize) -> (Vec<Vec<f64>>, Vec<Vec<f6
 /// `X ŵ ≈ y` (numpy's `lstsq`: singular values below `σ_max · max(rows, cols) · ε` count as 0).
 /// With fewer rows than columns it is the interpolating `ŵ` of smallest norm.
 pub fn least_squares(x: &[f64], rows: usize, cols: usize, y: &[f64]) -> Vec<f64> {
+    spectral_solve(x, rows, cols, y, 0.0)
+}
+
+/// Ridge regression `ŵ = (XᵀX + λI)⁻¹Xᵀy` of the row-major `rows × cols` system, through the same
+/// SVD: `ŵ = Σ_j σ_j/(σ_j² + λ) (u_jᵀy) v_j`. `λ = 0` is [`least_squares`].
+pub fn ridge(x: &[f64], rows: usize, cols: usize, y: &[f64], lambda: f64) -> Vec<f64> {
+    spectral_solve(x, rows, cols, y, lambda.max(0.0))
+}
+
+/// `ŵ = Σ_j σ_j/(σ_j² + λ) (u_jᵀy) v_j`; with λ = 0, singular values below the `lstsq` tolerance
+/// are dropped (the pseudo-inverse).
+fn spectral_solve(x: &[f64], rows: usize, cols: usize, y: &[f64], lambda: f64) -> Vec<f64> {
     assert_eq!(x.len(), rows * cols, "X must be rows × cols");
     assert_eq!(y.len(), rows, "y must have one entry per row of X");
     let mut w = vec![0.0; cols];
@@ -254,35 +266,11 @@ pub fn least_squares(x: &[f64], rows: usize, cols: usize, y: &[f64]) -> Vec<f64>
     let s_max = sq.iter().cloned().fold(0.0, f64::max).sqrt();
     let tol = s_max * rows.max(cols) as f64 * f64::EPSILON;
     for j in 0..cols {
-        if sq[j].sqrt() <= tol {
+        if lambda == 0.0 && sq[j].sqrt() <= tol {
             continue;
         }
-        // (UΣ)_j = σ_j u_j, so u_jᵀy / σ_j = (UΣ)_jᵀy / σ_j².
-        let coef = us[j].iter().zip(y).map(|(a, b)| a * b).sum::<f64>() / sq[j];
-        for (wi, vi) in w.iter_mut().zip(&v[j]) {
-            *wi += coef * vi;
-        }
-    }
-    w
-}
-
-/// Ridge regression `ŵ = (XᵀX + λI)⁻¹Xᵀy` of the row-major `rows × cols` system, through the same
-/// SVD: `ŵ = Σ_j σ_j/(σ_j² + λ) (u_jᵀy) v_j`. `λ = 0` is [`least_squares`].
-pub fn ridge(x: &[f64], rows: usize, cols: usize, y: &[f64], lambda: f64) -> Vec<f64> {
-    if lambda <= 0.0 {
-        return least_squares(x, rows, cols, y);
-    }
-    assert_eq!(x.len(), rows * cols, "X must be rows × cols");
-    assert_eq!(y.len(), rows, "y must have one entry per row of X");
-    let mut w = vec![0.0; cols];
-    if rows == 0 {
-        return w;
-    }
-    let (us, v) = jacobi_svd(x, rows, cols);
-    for j in 0..cols {
-        // (UΣ)_j = σ_j u_j, so σ_j (u_jᵀy) = (UΣ)_jᵀy.
-        let sq: f64 = us[j].iter().map(|c| c * c).sum();
-        let coef = us[j].iter().zip(y).map(|(a, b)| a * b).sum::<f64>() / (sq + lambda);
+        // (UΣ)_j = σ_j u_j, so σ_j (u_jᵀy) / (σ_j² + λ) = (UΣ)_jᵀy / (σ_j² + λ).
+        let coef = us[j].iter().zip(y).map(|(a, b)| a * b).sum::<f64>() / (sq[j] + lambda);
         for (wi, vi) in w.iter_mut().zip(&v[j]) {
             *wi += coef * vi;
         }
