@@ -532,25 +532,29 @@ pub fn label_efficiency_experiment(o: &EfficiencyOptions) -> Result<Vec<Efficien
         rows.push(EfficiencyRow::new(method, protocol, b, count(b)?, r, secs));
         Ok(())
     };
+    // The frozen protocols of one feature set: a linear classifier under `linear` and, when
+    // `knn`, the kNN rows.
+    let frozen =
+        |rows: &mut Vec<EfficiencyRow>, set: &FeatureSet, linear: &str, knn: bool| -> Result<()> {
+            for r in label_efficiency(std::slice::from_ref(set), &train, &test, &o.budgets, &ecfg)?
+            {
+                let b: LabelBudget = r.budget.parse()?;
+                let lin = EvalResult::from_runs(r.linear_runs.clone());
+                push(rows, &set.name, linear, &b, &lin, 0.0)?;
+                if knn {
+                    let nn = EvalResult::from_runs(r.knn_runs.clone());
+                    push(rows, &set.name, "kNN", &b, &nn, 0.0)?;
+                }
+            }
+            Ok(())
+        };
     // Raw pixels: logistic regression on standardized pixels.
-    let pixels = pixel_features(&train, &test);
-    for r in label_efficiency(
-        std::slice::from_ref(&pixels),
-        &train,
-        &test,
-        &o.budgets,
-        &ecfg,
-    )? {
-        let b: LabelBudget = r.budget.parse()?;
-        push(
-            &mut rows,
-            "raw pixels",
-            "logistic regression",
-            &b,
-            &EvalResult::from_runs(r.linear_runs.clone()),
-            0.0,
-        )?;
-    }
+    frozen(
+        &mut rows,
+        &pixel_features(&train, &test),
+        "logistic regression",
+        false,
+    )?;
     // A random-init encoder of the same architecture, pooled the same way: what the
     // architecture gives without any training.
     let random = pipeline::random_representation(&base, &train, &o.run.device);
@@ -563,13 +567,7 @@ pub fn label_efficiency_experiment(o: &EfficiencyOptions) -> Result<Vec<Efficien
         o.pool_grid,
         &o.run,
     )?;
-    for r in label_efficiency(std::slice::from_ref(&set), &train, &test, &o.budgets, &ecfg)? {
-        let b: LabelBudget = r.budget.parse()?;
-        let linear = EvalResult::from_runs(r.linear_runs.clone());
-        push(&mut rows, "random-init", "linear probe", &b, &linear, 0.0)?;
-        let knn = EvalResult::from_runs(r.knn_runs.clone());
-        push(&mut rows, "random-init", "kNN", &b, &knn, 0.0)?;
-    }
+    frozen(&mut rows, &set, "linear probe", true)?;
     // Fine-tuning on a labelled subset: the same draws as the frozen protocols.
     let subset = |b: &LabelBudget, draw: usize| -> Result<ImageDataset> {
         Ok(train.subset(&crate::eval::draw_labeled(
@@ -607,25 +605,7 @@ pub fn label_efficiency_experiment(o: &EfficiencyOptions) -> Result<Vec<Efficien
             _ => o.pool_grid,
         };
         let set = encoder_features(method, &run.encoder, &train, &test, hw, grid, &o.run)?;
-        for r in label_efficiency(std::slice::from_ref(&set), &train, &test, &o.budgets, &ecfg)? {
-            let b: LabelBudget = r.budget.parse()?;
-            push(
-                &mut rows,
-                method,
-                "linear probe",
-                &b,
-                &EvalResult::from_runs(r.linear_runs.clone()),
-                0.0,
-            )?;
-            push(
-                &mut rows,
-                method,
-                "kNN",
-                &b,
-                &EvalResult::from_runs(r.knn_runs.clone()),
-                0.0,
-            )?;
-        }
+        frozen(&mut rows, &set, "linear probe", true)?;
         for b in &o.budgets {
             let (mut accs, mut secs) = (vec![], 0.0);
             for draw in 0..o.draws {
