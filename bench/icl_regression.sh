@@ -12,5 +12,5 @@ OUT=${2:-runs/icl-regression}
 MINUTES=${MINUTES:-20}
 NOISE=${NOISE:-0}
 "$BIN" experiment icl-regression --dim 5 --points 20 --noise "$NOISE" --layers 4 --d-model 64 \
-    --heads 4 --batch-size 64 --lr 3e-4 --curriculum-interval 300 --minutes "$MINUTES" --seed 0 \
+    --heads 4 --batch-size 64 --lr 3e-4 --curriculum-interval 300 --minutes "$MINUTES" --seed "${SEED:-0}" \
     --out "$OUT" --json "$OUT.json"

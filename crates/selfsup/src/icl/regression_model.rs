@@ -120,7 +120,7 @@ impl RegressionGpt {
         let pos = self.wpe.val().narrow(0, 0, 2 * n).reshape([1, 2 * n, d]);
         let mut x = self.read_in.forward(tokens) + pos.expand([b, 2 * n, d]);
         for block in &self.h {
-            x = block.forward(x, None).0;
+            x = block.forward(x, None, false).0;
         }
         let out = self.read_out.forward(self.ln_f.forward(x)); // [B, 2n, 1]
         out.reshape([b, n, 2]).narrow(2, 0, 1).reshape([b, n])

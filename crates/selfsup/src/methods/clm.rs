@@ -101,8 +101,11 @@ impl Block {
         &self,
         x: Tensor<3>,
         cache: Option<(&mut KvCache, usize)>,
-    ) -> (Tensor<3>, Tensor<4>) {
-        let (a, probs) = self.attn.forward(self.ln_1.forward(x.clone()), cache);
+        want_probs: bool,
+    ) -> (Tensor<3>, Option<Tensor<4>>) {
+        let (a, probs) = self
+            .attn
+            .forward(self.ln_1.forward(x.clone()), cache, want_probs);
         let x = x + a;
         let x = x.clone() + self.mlp.forward(self.ln_2.forward(x));
         (x, probs)
@@ -193,7 +196,7 @@ impl Gpt {
         let pos = self.wpe.val().narrow(0, 0, t).reshape([1, t, d]);
         let mut x = self.drop.forward(tok + pos.expand([b, t, d]));
         for block in &self.h {
-            x = block.forward(x, None).0;
+            x = block.forward(x, None, false).0;
         }
         self.ln_f.forward(x)
     }
@@ -228,11 +231,11 @@ impl Gpt {
             hidden.push(x.clone());
         }
         for (l, block) in self.h.iter().enumerate() {
-            let (y, probs) = block.forward(x, cache.as_deref_mut().map(|c| (c, l)));
+            let (y, probs) = block.forward(x, cache.as_deref_mut().map(|c| (c, l)), trace);
             x = y;
             if trace {
                 hidden.push(x.clone());
-                attn_probs.push(probs);
+                attn_probs.extend(probs);
             }
         }
         if let Some(c) = cache {

@@ -3,6 +3,8 @@
 
 use super::batchnorm::BatchNorm;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+
+use super::fused::conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
@@ -167,7 +169,7 @@ impl ConvNet {
     /// The last stage's activations [N, C, H', W'] before pooling.
     pub fn feature_map(&self, mut x: Tensor<4>) -> Tensor<4> {
         for (i, conv) in self.convs.iter().enumerate() {
-            x = conv.forward(x);
+            x = conv2d(conv, x);
             if let Some(bn) = self.bns.get(i) {
                 x = bn.forward(x);
             }
@@ -227,10 +229,10 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(self.bn1.forward(conv2d(&self.conv1, x.clone())));
+        let out = self.bn2.forward(conv2d(&self.conv2, out));
         let skip = match (&self.shortcut, &self.shortcut_bn) {
-            (Some(conv), Some(bn)) => bn.forward(conv.forward(x)),
+            (Some(conv), Some(bn)) => bn.forward(conv2d(conv, x)),
             _ => x,
         };
         relu(out + skip)
@@ -269,7 +271,7 @@ impl ResNet {
 
     /// The last stage's activations [N, C, H', W'] before pooling.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = relu(self.stem_bn.forward(self.stem.forward(x)));
+        let mut x = relu(self.stem_bn.forward(conv2d(&self.stem, x)));
         for block in &self.blocks {
             x = block.forward(x);
         }

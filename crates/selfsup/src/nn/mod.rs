@@ -2,6 +2,7 @@
 
 pub mod batchnorm;
 pub mod encoder;
+pub mod fused;
 pub mod init;
 pub mod mlp;
 pub mod representation;

@@ -207,15 +207,24 @@ pub struct CausalSelfAttention {
 
 impl CausalSelfAttention {
     /// `x`: `[B, T, D]`. With a cache, `x` holds the positions after the cached ones and the
-    /// keys/values of `layer` are appended to it. Returns the output and the attention
-    /// probabilities.
+    /// keys/values of `layer` are appended to it. Returns the output and, when `want_probs`, the
+    /// attention probabilities. Without a cache, probabilities or attention dropout, the fused
+    /// kernel of [`super::fused`] computes the attention.
     pub fn forward(
         &self,
         x: Tensor<3>,
         cache: Option<(&mut KvCache, usize)>,
-    ) -> (Tensor<3>, Tensor<4>) {
+        want_probs: bool,
+    ) -> (Tensor<3>, Option<Tensor<4>>) {
         let [_, t, d] = x.dims();
         let qkv = self.c_attn.forward(x);
+        if cache.is_none() && !want_probs && self.attn_dropout.prob == 0.0 {
+            let context = super::fused::causal_self_attention(qkv, self.n_heads);
+            return (
+                self.resid_dropout.forward(self.c_proj.forward(context)),
+                None,
+            );
+        }
         let q = split_heads(qkv.clone().narrow(2, 0, d), self.n_heads);
         let k = split_heads(qkv.clone().narrow(2, d, d), self.n_heads);
         let v = split_heads(qkv.narrow(2, 2 * d, d), self.n_heads);
@@ -228,7 +237,7 @@ impl CausalSelfAttention {
         let mask = (t > 1).then(|| causal_mask(t, t_k, &q.device()));
         let (context, probs) = attention(q, k, v, mask, &self.attn_dropout);
         let y = self.c_proj.forward(merge_heads(context));
-        (self.resid_dropout.forward(y), probs)
+        (self.resid_dropout.forward(y), want_probs.then_some(probs))
     }
 }
 

@@ -73,7 +73,7 @@ impl VaeEncoder {
     /// (μ, log σ²) of q(z|x).
     pub fn forward(&self, mut x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
         for conv in &self.convs {
-            x = relu(conv.forward(x));
+            x = relu(super::fused::conv2d(conv, x));
         }
         let [n, c, h, w] = x.dims();
         let hidden = relu(self.fc.forward(x.reshape([n, c * h * w])));
@@ -132,7 +132,7 @@ impl VaeDecoder {
         for deconv in &self.deconvs {
             x = relu(deconv.forward(x));
         }
-        let x = self.out.forward(x);
+        let x = super::fused::conv2d(&self.out, x);
         let [_, _, hh, ww] = x.dims();
         let [_, h, w] = self.image;
         if (hh, ww) == (h, w) {

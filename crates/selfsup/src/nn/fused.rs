@@ -1,0 +1,762 @@
+//! Fused CPU kernels (issue 6): one backend-extension op replaces a chain of burn ops.
+//!
+//! [`causal_self_attention`] takes the fused q/k/v projection `[B, T, 3D]` of a GPT block and
+//! returns the merged heads `[B, T, D]` of `softmax(q kᵀ/√d_h + causal mask) v` — what
+//! `split_heads` ×3, [`super::transformer::attention`] with a causal mask and `merge_heads` compute,
+//! but in one pass per (sequence, head), in parallel over them: the heads are read and written in
+//! place through strides (no split/merge copies), the mask and softmax are one loop over each row,
+//! and the backward is hand-written (`dV = Pᵀ dO`, `dS = P ∘ (dP − rowsum(P ∘ dP))`,
+//! `dQ = dS K/√d_h`, `dK = dSᵀ Q/√d_h`) from the saved probabilities P.
+//!
+//! The kernel runs on the Flex (CPU) backend, with and without autodiff; on any other device
+//! (CUDA) [`causal_self_attention`] composes the generic ops, so the models call one function.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Backend, DispatchDevice, Flex};
+use burn::tensor::{DType, Tensor, TensorData};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::transformer::{attention, causal_mask, merge_heads, split_heads};
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    /// Causal multi-head self-attention: `qkv` `[B, T, 3D]` (q, k, v side by side, head `h` at
+    /// features `h·D/H .. (h+1)·D/H` of each) → context `[B, T, D]` with the heads concatenated.
+    fn causal_self_attention(qkv: FloatTensor<Self>, n_heads: usize) -> FloatTensor<Self>;
+
+    /// 2-D convolution without bias, one group, no dilation: `x` `[N, C, H, W]`, `weight`
+    /// `[C', C, kh, kw]`, symmetric zero padding `[ph, pw]` → `[N, C', H', W']`.
+    fn conv2d_nobias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self>;
+}
+
+/// Causal self-attention of `qkv` `[B, T, 3D]` with `n_heads` heads → `[B, T, D]`. The fused kernel
+/// on the CPU backend (f32), the generic ops elsewhere; both compute the same function.
+pub fn causal_self_attention(qkv: Tensor<3>, n_heads: usize) -> Tensor<3> {
+    if fused_available(&qkv) {
+        Tensor::from_dispatch(
+            <burn::backend::Dispatch as FusedOps>::causal_self_attention(
+                qkv.into_dispatch(),
+                n_heads,
+            ),
+        )
+    } else {
+        causal_self_attention_reference(qkv, n_heads)
+    }
+}
+
+/// The same function from generic burn ops (the path on CUDA, and the tests' reference).
+pub fn causal_self_attention_reference(qkv: Tensor<3>, n_heads: usize) -> Tensor<3> {
+    let [_, t, d3] = qkv.dims();
+    let d = d3 / 3;
+    let q = split_heads(qkv.clone().narrow(2, 0, d), n_heads);
+    let k = split_heads(qkv.clone().narrow(2, d, d), n_heads);
+    let v = split_heads(qkv.narrow(2, 2 * d, d), n_heads);
+    let mask = causal_mask(t, t, &q.device());
+    let no_dropout = burn::nn::DropoutConfig::new(0.0).init();
+    merge_heads(attention(q, k, v, Some(mask), &no_dropout).0)
+}
+
+/// The fused kernel serves f32 tensors on the Flex device (plain or autodiff);
+/// `SELFSUP_NO_FUSED=1` turns it off (for before/after benchmarks).
+fn fused_available<const D: usize>(x: &Tensor<D>) -> bool {
+    if std::env::var_os("SELFSUP_NO_FUSED").is_some_and(|v| v != "0") {
+        return false;
+    }
+    x.dtype() == DType::F32
+        && matches!(
+            x.device().as_dispatch().clone().inner(),
+            DispatchDevice::Flex(_)
+        )
+}
+
+impl FusedOps for Flex {
+    fn causal_self_attention(qkv: FlexTensor, n_heads: usize) -> FlexTensor {
+        attention_forward(&qkv, n_heads).0
+    }
+
+    fn conv2d_nobias(
+        x: FlexTensor,
+        weight: FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FlexTensor {
+        conv_forward(&x, &weight, ConvGeom::of(&x, &weight, stride, padding))
+    }
+}
+
+impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn causal_self_attention(qkv: FloatTensor<Self>, n_heads: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward;
+
+        impl Backward<Flex, 1> for AttentionBackward {
+            /// The input `[B, T, 3D]`, the probabilities `[B, H, T, T]` and H.
+            type State = (FlexTensor, FlexTensor, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [parent] = ops.parents;
+                let grad = grads.consume::<Flex>(&ops.node);
+                let (qkv, probs, n_heads) = ops.state;
+                if let Some(node) = parent {
+                    grads.register::<Flex>(
+                        node.id,
+                        attention_backward(&qkv, &probs, &grad, n_heads),
+                    );
+                }
+            }
+        }
+
+        match AttentionBackward
+            .prepare::<C>([qkv.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let input = qkv.primitive().clone();
+                let (out, probs) = attention_forward(&input, n_heads);
+                prep.finish((input, probs, n_heads), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(attention_forward(&qkv.into_primitive(), n_heads).0)
+            }
+        }
+    }
+
+    fn conv2d_nobias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct ConvBackward;
+
+        impl Backward<Flex, 2> for ConvBackward {
+            type State = (FlexTensor, FlexTensor, ConvGeom);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_w] = ops.parents;
+                let grad = grads.consume::<Flex>(&ops.node);
+                let (x, w, g) = ops.state;
+                let (dx, dw) = conv_backward(&x, &w, &grad, g, node_x.is_some(), node_w.is_some());
+                if let (Some(node), Some(dx)) = (node_x, dx) {
+                    grads.register::<Flex>(node.id, dx);
+                }
+                if let (Some(node), Some(dw)) = (node_w, dw) {
+                    grads.register::<Flex>(node.id, dw);
+                }
+            }
+        }
+
+        match ConvBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
+                let g = ConvGeom::of(&xp, &wp, stride, padding);
+                let out = conv_forward(&xp, &wp, g);
+                prep.finish((xp, wp, g), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (xp, wp) = (x.into_primitive(), weight.into_primitive());
+                let g = ConvGeom::of(&xp, &wp, stride, padding);
+                prep.finish(conv_forward(&xp, &wp, g))
+            }
+        }
+    }
+}
+
+/// Sizes of one call: batch, positions, heads, head width, model width.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    h: usize,
+    dh: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(qkv: &FlexTensor, n_heads: usize) -> Self {
+        let shape = qkv.layout().shape();
+        assert_eq!(shape.num_dims(), 3, "fused attention expects [B, T, 3D]");
+        let (b, t, d3) = (shape[0], shape[1], shape[2]);
+        assert!(
+            d3 % 3 == 0 && n_heads > 0 && (d3 / 3) % n_heads == 0,
+            "fused attention: width {d3} is not 3 × a multiple of {n_heads} heads"
+        );
+        let d = d3 / 3;
+        Self {
+            b,
+            t,
+            h: n_heads,
+            dh: d / n_heads,
+            d,
+        }
+    }
+}
+
+/// A pointer the parallel tasks share; each task writes only its own head's columns.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+fn f32_slice(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .expect("fused attention needs f32 tensors")
+                .to_vec(),
+        ),
+    }
+}
+
+fn flex(values: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// `dst[m×n] = beta · lhs[m×k] · rhs[k×n]`, every matrix given by (pointer, row stride, column
+/// stride) in elements; single-threaded (the parallelism is over heads).
+///
+/// # Safety
+/// The pointers with their strides must address valid, non-overlapping-with-dst memory.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    beta: f32,
+) {
+    gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2 as isize,
+        dst.1 as isize,
+        false,
+        lhs.0,
+        lhs.2 as isize,
+        lhs.1 as isize,
+        rhs.0,
+        rhs.2 as isize,
+        rhs.1 as isize,
+        0.0,
+        beta,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+/// Forward: (context `[B, T, D]`, probabilities `[B, H, T, T]`).
+fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTensor) {
+    let Dims { b, t, h, dh, d } = Dims::of(qkv, n_heads);
+    let x = f32_slice(qkv);
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut out = vec![0.0f32; b * t * d];
+    let mut probs = vec![0.0f32; b * h * t * t];
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let x = &x[..];
+    probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
+        let (bi, hi) = (bh / h, bh % h);
+        let base = bi * t * 3 * d + hi * dh;
+        let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
+        let out_ptr = out_ptr;
+        unsafe {
+            // S = scale · Q Kᵀ  (Kᵀ read through strides)
+            matmul(
+                (t, t, dh),
+                (p.as_mut_ptr(), t, 1),
+                (q.as_ptr(), 3 * d, 1),
+                (k.as_ptr(), 1, 3 * d),
+                scale,
+            );
+        }
+        // causal mask + softmax, one row at a time; masked entries are exactly 0
+        for i in 0..t {
+            let row = &mut p[i * t..(i + 1) * t];
+            let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for s in &mut row[..=i] {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            row[..=i].iter_mut().for_each(|s| *s *= inv);
+            row[i + 1..].iter_mut().for_each(|s| *s = 0.0);
+        }
+        unsafe {
+            // O = P V, written into this head's columns of the output
+            matmul(
+                (t, dh, t),
+                (out_ptr.0.add(bi * t * d + hi * dh), d, 1),
+                (p.as_ptr(), t, 1),
+                (v.as_ptr(), 3 * d, 1),
+                1.0,
+            );
+        }
+    });
+    (
+        flex(out, [b, t, d]),
+        FlexTensor::from_data(TensorData::new(probs, [b, h, t, t])),
+    )
+}
+
+/// Backward: the gradient `[B, T, 3D]` of the input from that of the output `[B, T, D]`.
+fn attention_backward(
+    qkv: &FlexTensor,
+    probs: &FlexTensor,
+    grad: &FlexTensor,
+    n_heads: usize,
+) -> FlexTensor {
+    let Dims { b, t, h, dh, d } = Dims::of(qkv, n_heads);
+    let x = f32_slice(qkv);
+    let p_all = f32_slice(probs);
+    let g = f32_slice(grad);
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut dx = vec![0.0f32; b * t * 3 * d];
+    let dx_ptr = SharedMut(dx.as_mut_ptr());
+    let (x, p_all, g) = (&x[..], &p_all[..], &g[..]);
+    (0..b * h).into_par_iter().for_each_init(
+        || vec![0.0f32; t * t],
+        |ds, bh| {
+            let (bi, hi) = (bh / h, bh % h);
+            let base = bi * t * 3 * d + hi * dh;
+            let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
+            let p = &p_all[bh * t * t..(bh + 1) * t * t];
+            let go = &g[bi * t * d + hi * dh..];
+            let dx_ptr = dx_ptr;
+            unsafe {
+                let dbase = dx_ptr.0.add(base);
+                // dV = Pᵀ dO
+                matmul(
+                    (t, dh, t),
+                    (dbase.add(2 * d), 3 * d, 1),
+                    (p.as_ptr(), 1, t),
+                    (go.as_ptr(), d, 1),
+                    1.0,
+                );
+                // dP = dO Vᵀ
+                matmul(
+                    (t, t, dh),
+                    (ds.as_mut_ptr(), t, 1),
+                    (go.as_ptr(), d, 1),
+                    (v.as_ptr(), 1, 3 * d),
+                    1.0,
+                );
+            }
+            // dS = P ∘ (dP − Σⱼ P dP), row by row (zero where masked since P is)
+            for i in 0..t {
+                let (pr, dr) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
+                let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
+                for (dsv, pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+                    *dsv = pv * (*dsv - dot);
+                }
+                dr[i + 1..].iter_mut().for_each(|s| *s = 0.0);
+            }
+            unsafe {
+                let dbase = dx_ptr.0.add(base);
+                // dQ = scale · dS K
+                matmul(
+                    (t, dh, t),
+                    (dbase, 3 * d, 1),
+                    (ds.as_ptr(), t, 1),
+                    (k.as_ptr(), 3 * d, 1),
+                    scale,
+                );
+                // dK = scale · dSᵀ Q
+                matmul(
+                    (t, dh, t),
+                    (dbase.add(d), 3 * d, 1),
+                    (ds.as_ptr(), 1, t),
+                    (q.as_ptr(), 3 * d, 1),
+                    scale,
+                );
+            }
+        },
+    );
+    flex(dx, [b, t, 3 * d])
+}
+
+/// 2-D convolution with `conv`'s weights and bias: the fused kernel on the CPU backend when the
+/// layer is an ordinary one (one group, no dilation, symmetric padding), `conv.forward` otherwise.
+pub fn conv2d(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
+    use burn::nn::PaddingConfig2d;
+    let [kh, kw] = conv.kernel_size;
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => Some([0, 0]),
+        PaddingConfig2d::Explicit(t, l, b, r) if t == b && l == r => Some([t, l]),
+        // `Same` with an odd kernel and stride 1 is symmetric.
+        PaddingConfig2d::Same if kh % 2 == 1 && kw % 2 == 1 && conv.stride == [1, 1] => {
+            Some([kh / 2, kw / 2])
+        }
+        _ => None,
+    };
+    let plain = conv.groups == 1 && conv.dilation == [1, 1];
+    match padding {
+        Some(padding) if plain && fused_available(&x) => {
+            let weight = conv.weight.val();
+            let y =
+                Tensor::<4>::from_dispatch(<burn::backend::Dispatch as FusedOps>::conv2d_nobias(
+                    x.into_dispatch(),
+                    weight.into_dispatch(),
+                    conv.stride,
+                    padding,
+                ));
+            match &conv.bias {
+                Some(bias) => {
+                    let c = bias.val().dims()[0];
+                    y + bias.val().reshape([1, c, 1, 1])
+                }
+                None => y,
+            }
+        }
+        _ => conv.forward(x),
+    }
+}
+
+/// Shapes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct ConvGeom {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl ConvGeom {
+    fn of(x: &FlexTensor, weight: &FlexTensor, stride: [usize; 2], padding: [usize; 2]) -> Self {
+        let (xs, ws) = (x.layout().shape(), weight.layout().shape());
+        assert!(
+            xs.num_dims() == 4 && ws.num_dims() == 4 && xs[1] == ws[1],
+            "fused conv2d: input {xs:?} and weight {ws:?} disagree"
+        );
+        let (kh, kw) = (ws[2], ws[3]);
+        let (h, w) = (xs[2], xs[3]);
+        assert!(
+            h + 2 * padding[0] >= kh && w + 2 * padding[1] >= kw && stride[0] > 0 && stride[1] > 0,
+            "fused conv2d: kernel larger than the padded input"
+        );
+        Self {
+            n: xs[0],
+            cin: xs[1],
+            h,
+            w,
+            cout: ws[0],
+            kh,
+            kw,
+            sh: stride[0],
+            sw: stride[1],
+            ph: padding[0],
+            pw: padding[1],
+            ho: (h + 2 * padding[0] - kh) / stride[0] + 1,
+            wo: (w + 2 * padding[1] - kw) / stride[1] + 1,
+        }
+    }
+
+    /// Rows of the column matrix: C·kh·kw.
+    fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+
+    /// Output positions per image.
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Images per GEMM: enough that the GEMM has ≥ 256 columns (small late feature maps).
+    fn group(&self) -> usize {
+        256usize.div_ceil(self.p()).clamp(1, self.n.max(1))
+    }
+
+    /// For kernel offset `ki` (`kj`), the output rows (columns) whose input row (column) lies
+    /// inside the image: `lo..hi`.
+    fn valid(
+        &self,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        size: usize,
+        out: usize,
+    ) -> (usize, usize) {
+        // input index = o·stride + k − pad must be in 0..size
+        let lo = pad.saturating_sub(k).div_ceil(stride);
+        let hi = if size + pad > k {
+            (size + pad - k - 1) / stride + 1
+        } else {
+            0
+        };
+        (lo.min(out), hi.min(out).max(lo.min(out)))
+    }
+}
+
+/// im2col of one image `x` `[C, H, W]` into `cols` rows `(c, ki, kj)` × columns `[col0, col0+P)`
+/// of a matrix with `ld` columns.
+fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: usize) {
+    let (p, wo) = (g.p(), g.wo);
+    for c in 0..g.cin {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            let (oh_lo, oh_hi) = g.valid(ki, g.sh, g.ph, g.h, g.ho);
+            for kj in 0..g.kw {
+                let (ow_lo, ow_hi) = g.valid(kj, g.sw, g.pw, g.w, g.wo);
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let dst = &mut cols[row * ld + col0..row * ld + col0 + p];
+                dst[..oh_lo * wo].fill(0.0);
+                dst[oh_hi * wo..].fill(0.0);
+                for oh in oh_lo..oh_hi {
+                    let src = &plane[(oh * g.sh + ki - g.ph) * g.w..][..g.w];
+                    let d = &mut dst[oh * wo..(oh + 1) * wo];
+                    d[..ow_lo].fill(0.0);
+                    d[ow_hi..].fill(0.0);
+                    if g.sw == 1 {
+                        let start = ow_lo + kj - g.pw;
+                        d[ow_lo..ow_hi].copy_from_slice(&src[start..start + ow_hi - ow_lo]);
+                    } else {
+                        for ow in ow_lo..ow_hi {
+                            d[ow] = src[ow * g.sw + kj - g.pw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// col2im: adds the columns `[col0, col0+P)` of `cols` back onto the image gradient `dx` `[C, H, W]`.
+fn col2im(cols: &[f32], g: &ConvGeom, dx: &mut [f32], ld: usize, col0: usize) {
+    let wo = g.wo;
+    for c in 0..g.cin {
+        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            let (oh_lo, oh_hi) = g.valid(ki, g.sh, g.ph, g.h, g.ho);
+            for kj in 0..g.kw {
+                let (ow_lo, ow_hi) = g.valid(kj, g.sw, g.pw, g.w, g.wo);
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let src = &cols[row * ld + col0..];
+                for oh in oh_lo..oh_hi {
+                    let d = &mut plane[(oh * g.sh + ki - g.ph) * g.w..][..g.w];
+                    let s = &src[oh * wo..(oh + 1) * wo];
+                    for ow in ow_lo..ow_hi {
+                        d[ow * g.sw + kj - g.pw] += s[ow];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward: for each group of images, cols `[K, G·P]`, `Y = W · cols` `[C', G·P]`, scattered
+/// into NCHW.
+fn conv_forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeom) -> FlexTensor {
+    let xs = f32_slice(x);
+    let ws = f32_slice(weight);
+    let (k, p, grp) = (g.k(), g.p(), g.group());
+    let mut out = vec![0.0f32; g.n * g.cout * p];
+    let (xs, ws) = (&xs[..], &ws[..]);
+    let img_in = g.cin * g.h * g.w;
+    out.par_chunks_mut(grp * g.cout * p)
+        .enumerate()
+        .for_each_init(
+            || (vec![0.0f32; k * grp * p], vec![0.0f32; g.cout * grp * p]),
+            |(cols, y), (gi, out)| {
+                let imgs = out.len() / (g.cout * p);
+                let ld = imgs * p;
+                for i in 0..imgs {
+                    let n = gi * grp + i;
+                    im2col(&xs[n * img_in..(n + 1) * img_in], &g, cols, ld, i * p);
+                }
+                if imgs == 1 {
+                    // One image: write straight into the output.
+                    unsafe {
+                        matmul(
+                            (g.cout, p, k),
+                            (out.as_mut_ptr(), p, 1),
+                            (ws.as_ptr(), k, 1),
+                            (cols.as_ptr(), ld, 1),
+                            1.0,
+                        );
+                    }
+                    return;
+                }
+                unsafe {
+                    matmul(
+                        (g.cout, ld, k),
+                        (y.as_mut_ptr(), ld, 1),
+                        (ws.as_ptr(), k, 1),
+                        (cols.as_ptr(), ld, 1),
+                        1.0,
+                    );
+                }
+                for i in 0..imgs {
+                    for co in 0..g.cout {
+                        out[(i * g.cout + co) * p..][..p]
+                            .copy_from_slice(&y[co * ld + i * p..][..p]);
+                    }
+                }
+            },
+        );
+    FlexTensor::from_data(TensorData::new(out, [g.n, g.cout, g.ho, g.wo]))
+}
+
+/// Backward: `dW = Σ dY · colsᵀ`, `dX = col2im(Wᵀ · dY)`, per group of images in parallel (the
+/// columns are rebuilt rather than kept from the forward).
+fn conv_backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+    g: ConvGeom,
+    want_dx: bool,
+    want_dw: bool,
+) -> (Option<FlexTensor>, Option<FlexTensor>) {
+    let xs = f32_slice(x);
+    let ws = f32_slice(weight);
+    let gs = f32_slice(grad);
+    let (k, p, grp) = (g.k(), g.p(), g.group());
+    let img_in = g.cin * g.h * g.w;
+    let img_out = g.cout * p;
+    let mut dx = if want_dx {
+        vec![0.0f32; g.n * img_in]
+    } else {
+        vec![]
+    };
+    let dx_ptr = SharedMut(dx.as_mut_ptr());
+    let (xs, ws, gs) = (&xs[..], &ws[..], &gs[..]);
+    let groups = g.n.div_ceil(grp);
+    let dw = (0..groups)
+        .into_par_iter()
+        .fold(
+            || {
+                let dw = if want_dw {
+                    vec![0.0f32; g.cout * k]
+                } else {
+                    vec![]
+                };
+                (
+                    dw,
+                    vec![0.0f32; k * grp * p],
+                    vec![0.0f32; g.cout * grp * p],
+                )
+            },
+            |(mut dw, mut cols, mut dy), gi| {
+                let dx_ptr = dx_ptr;
+                let first = gi * grp;
+                let imgs = grp.min(g.n - first);
+                let ld = imgs * p;
+                // dY of the group as [C', G·P]
+                for i in 0..imgs {
+                    let src = &gs[(first + i) * img_out..][..img_out];
+                    for co in 0..g.cout {
+                        dy[co * ld + i * p..][..p].copy_from_slice(&src[co * p..][..p]);
+                    }
+                }
+                if want_dw {
+                    for i in 0..imgs {
+                        let n = first + i;
+                        im2col(&xs[n * img_in..(n + 1) * img_in], &g, &mut cols, ld, i * p);
+                    }
+                    // dW += dY · colsᵀ
+                    unsafe {
+                        gemm(
+                            g.cout,
+                            k,
+                            ld,
+                            dw.as_mut_ptr(),
+                            1,
+                            k as isize,
+                            true,
+                            dy.as_ptr(),
+                            1,
+                            ld as isize,
+                            cols.as_ptr(),
+                            ld as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
+                }
+                if want_dx {
+                    // dcols = Wᵀ · dY, then col2im per image (each group owns its images)
+                    unsafe {
+                        matmul(
+                            (k, ld, g.cout),
+                            (cols.as_mut_ptr(), ld, 1),
+                            (ws.as_ptr(), 1, k),
+                            (dy.as_ptr(), ld, 1),
+                            1.0,
+                        );
+                    }
+                    for i in 0..imgs {
+                        let n = first + i;
+                        let dxn = unsafe {
+                            std::slice::from_raw_parts_mut(dx_ptr.0.add(n * img_in), img_in)
+                        };
+                        col2im(&cols, &g, dxn, ld, i * p);
+                    }
+                }
+                (dw, cols, dy)
+            },
+        )
+        .map(|(dw, _, _)| dw)
+        .reduce(
+            || {
+                if want_dw {
+                    vec![0.0f32; g.cout * k]
+                } else {
+                    vec![]
+                }
+            },
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    let dx = want_dx.then(|| FlexTensor::from_data(TensorData::new(dx, [g.n, g.cin, g.h, g.w])));
+    let dw =
+        want_dw.then(|| FlexTensor::from_data(TensorData::new(dw, [g.cout, g.cin, g.kh, g.kw])));
+    (dx, dw)
+}

@@ -1,0 +1,216 @@
+//! The fused CPU kernels (issue 6) against the generic burn ops they replace. Attention: against the
+//! composition of split/attention/merge, values and gradients, odd shapes, with and without autodiff,
+//! and through a GPT block. Convolution: against burn's `Conv2d::forward`, values and gradients of
+//! input, weight and bias, strides, paddings, kernels 1×1/3×3/5×3, partial image groups.
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use selfsup::nn::fused::{causal_self_attention, causal_self_attention_reference};
+use selfsup::nn::transformer::CausalSelfAttentionConfig;
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{what}[{i}]: fused {x} vs reference {y} (max |ref| {scale})"
+        );
+    }
+}
+
+/// (batch, positions, heads, head width): odd sizes, one position, one head, GPT-bench-like.
+const SHAPES: [(usize, usize, usize, usize); 5] = [
+    (2, 7, 3, 5),
+    (1, 1, 2, 4),
+    (3, 33, 1, 8),
+    (2, 16, 4, 16),
+    (1, 130, 2, 3),
+];
+
+#[test]
+fn fused_attention_matches_the_generic_ops_values_and_gradients() {
+    let device = Device::flex().autodiff();
+    for (seed, &(b, t, h, dh)) in SHAPES.iter().enumerate() {
+        let d = h * dh;
+        device.seed(100 + seed as u64);
+        // Large enough logits that the softmax is far from uniform.
+        let x = Tensor::<3>::random([b, t, 3 * d], Distribution::Normal(0.0, 2.0), &device);
+        // A random cotangent so every output element's gradient path is checked.
+        let w = Tensor::<3>::random([b, t, d], Distribution::Normal(0.0, 1.0), &device);
+
+        let xf = x.clone().require_grad();
+        let yf = causal_self_attention(xf.clone(), h);
+        let gf = (yf.clone() * w.clone()).sum().backward();
+        let xr = x.clone().require_grad();
+        let yr = causal_self_attention_reference(xr.clone(), h);
+        let gr = (yr.clone() * w.clone()).sum().backward();
+
+        let what = format!("B {b} T {t} H {h} Dh {dh}");
+        assert_eq!(yf.dims(), [b, t, d]);
+        assert_close(&format!("{what} output"), &values(yf), &values(yr), 1e-5);
+        let (dxf, dxr) = (xf.grad(&gf).unwrap(), xr.grad(&gr).unwrap());
+        assert_close(&format!("{what} d input"), &values(dxf), &values(dxr), 1e-4);
+    }
+}
+
+#[test]
+fn fused_attention_is_causal() {
+    // Changing a later position must not change an earlier output.
+    let device = Device::flex();
+    let (b, t, h, dh) = (1, 9, 2, 4);
+    device.seed(7);
+    let x = Tensor::<3>::random([b, t, 3 * h * dh], Distribution::Normal(0.0, 1.0), &device);
+    let mut changed = values(x.clone());
+    let last = (t - 1) * 3 * h * dh;
+    changed[last..].iter_mut().for_each(|v| *v += 3.0);
+    let x2 = Tensor::<3>::from_data(TensorData::new(changed, [b, t, 3 * h * dh]), &device);
+    let x3 = x.clone();
+    let (y1, y2) = (
+        values(causal_self_attention(x, h)),
+        values(causal_self_attention(x2, h)),
+    );
+    let row = h * dh;
+    assert_eq!(y1[..(t - 1) * row], y2[..(t - 1) * row]);
+    assert_ne!(y1[(t - 1) * row..], y2[(t - 1) * row..]);
+    // Position 0 attends only to itself: its output is its own value vector.
+    let first = values(x3.narrow(1, 0, 1).narrow(2, 2 * row, row));
+    assert_close("position 0", &y1[..row], &first, 1e-6);
+}
+
+#[test]
+fn plain_device_forward_matches_autodiff_forward() {
+    let (b, t, h, dh) = (2, 11, 2, 6);
+    let plain = Device::flex();
+    plain.seed(3);
+    let x = Tensor::<3>::random([b, t, 3 * h * dh], Distribution::Normal(0.0, 1.0), &plain);
+    let data = x.to_data();
+    let ad = Device::flex().autodiff();
+    let y_plain = values(causal_self_attention(x, h));
+    let y_ad = values(causal_self_attention(Tensor::<3>::from_data(data, &ad), h));
+    assert_eq!(y_plain, y_ad);
+}
+
+#[test]
+fn attention_module_fused_and_probability_paths_agree() {
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let attn = CausalSelfAttentionConfig::new(24, 4).init(&device);
+    let x = Tensor::<3>::random([3, 10, 24], Distribution::Normal(0.0, 1.0), &device);
+    let (fused, none) = attn.forward(x.clone(), None, false);
+    let (generic, probs) = attn.forward(x, None, true);
+    assert!(none.is_none());
+    assert_eq!(probs.unwrap().dims(), [3, 4, 10, 10]);
+    assert_close("module output", &values(fused), &values(generic), 1e-5);
+}
+
+/// (images, in channels, height, width, out channels, kernel [kh, kw], stride, padding, bias)
+type ConvCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    [usize; 2],
+    [usize; 2],
+    [usize; 2],
+    bool,
+);
+
+const CONV_CASES: [ConvCase; 7] = [
+    (3, 2, 7, 6, 5, [3, 3], [1, 1], [1, 1], false),
+    (5, 3, 9, 9, 4, [3, 3], [2, 2], [1, 1], true),
+    (2, 4, 5, 8, 3, [1, 1], [2, 2], [0, 0], false),
+    (1, 1, 6, 5, 2, [5, 3], [1, 2], [2, 0], true),
+    // 4 output positions per image: 64 images per GEMM, so 70 images = one full + one partial group
+    (70, 3, 4, 4, 6, [3, 3], [2, 2], [1, 1], false),
+    (2, 3, 4, 4, 2, [3, 3], [1, 1], [0, 0], false),
+    (4, 16, 8, 8, 32, [3, 3], [2, 2], [1, 1], false),
+];
+
+fn conv_layer(case: &ConvCase, device: &Device) -> burn::nn::conv::Conv2d {
+    let &(_, cin, _, _, cout, kernel, stride, [ph, pw], bias) = case;
+    burn::nn::conv::Conv2dConfig::new([cin, cout], kernel)
+        .with_stride(stride)
+        .with_padding(burn::nn::PaddingConfig2d::Explicit(ph, pw, ph, pw))
+        .with_bias(bias)
+        .init(device)
+}
+
+#[test]
+fn fused_conv_matches_burn_conv_values_and_gradients() {
+    use selfsup::nn::fused::conv2d;
+    let device = Device::flex().autodiff();
+    for (i, case) in CONV_CASES.iter().enumerate() {
+        let &(n, cin, h, w, ..) = case;
+        device.seed(200 + i as u64);
+        let conv = conv_layer(case, &device);
+        let x = Tensor::<4>::random([n, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let yr = conv.forward(x.clone().require_grad());
+        let cot = Tensor::<4>::random(yr.dims(), Distribution::Normal(0.0, 1.0), &device);
+
+        let xf = x.clone().require_grad();
+        let yf = conv2d(&conv, xf.clone());
+        let gf = (yf.clone() * cot.clone()).sum().backward();
+        let xr = x.clone().require_grad();
+        let yr = conv.forward(xr.clone());
+        let gr = (yr.clone() * cot.clone()).sum().backward();
+
+        let what = format!("case {i} {case:?}");
+        assert_eq!(yf.dims(), yr.dims(), "{what}");
+        assert_close(&format!("{what} output"), &values(yf), &values(yr), 1e-5);
+        assert_close(
+            &format!("{what} d input"),
+            &values(xf.grad(&gf).unwrap()),
+            &values(xr.grad(&gr).unwrap()),
+            1e-5,
+        );
+        assert_close(
+            &format!("{what} d weight"),
+            &values(conv.weight.val().grad(&gf).unwrap()),
+            &values(conv.weight.val().grad(&gr).unwrap()),
+            1e-4,
+        );
+        if let Some(b) = &conv.bias {
+            assert_close(
+                &format!("{what} d bias"),
+                &values(b.val().grad(&gf).unwrap()),
+                &values(b.val().grad(&gr).unwrap()),
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_conv_weight_gradient_without_input_gradient() {
+    // The first layer's input (the images) needs no gradient: only dW is computed.
+    use selfsup::nn::fused::conv2d;
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let case = CONV_CASES[1];
+    let conv = conv_layer(&case, &device);
+    let x = Tensor::<4>::random([5, 3, 9, 9], Distribution::Normal(0.0, 1.0), &device);
+    let gf = conv2d(&conv, x.clone()).square().sum().backward();
+    let gr = conv.forward(x).square().sum().backward();
+    assert_close(
+        "d weight",
+        &values(conv.weight.val().grad(&gf).unwrap()),
+        &values(conv.weight.val().grad(&gr).unwrap()),
+        1e-4,
+    );
+    // And on a plain (inference) device the forward agrees too.
+    let plain = Device::flex();
+    let conv_plain = conv_layer(&case, &plain);
+    let x = Tensor::<4>::random([2, 3, 9, 9], Distribution::Normal(0.0, 1.0), &plain);
+    assert_close(
+        "plain forward",
+        &values(conv2d(&conv_plain, x.clone())),
+        &values(conv_plain.forward(x)),
+        1e-5,
+    );
+}
