@@ -214,3 +214,79 @@ fn fused_conv_weight_gradient_without_input_gradient() {
         1e-5,
     );
 }
+
+fn bn_case<const D: usize>(shape: [usize; D], relu: bool, seed: u64) {
+    use selfsup::nn::fused::batch_norm_train_nd;
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    let c = shape[1];
+    let x = Tensor::<D>::random(shape, Distribution::Normal(0.5, 2.0), &device);
+    let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &device);
+    let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &device);
+    let cot = Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let eps = 1e-5;
+
+    let (xf, gf_, bf) = (
+        x.clone().require_grad(),
+        gamma.clone().require_grad(),
+        beta.clone().require_grad(),
+    );
+    let (yf, mean_f, var_f) = batch_norm_train_nd(xf.clone(), gf_.clone(), bf.clone(), eps, relu)
+        .expect("the fused kernel applies on the flex device");
+    let grads_f = (yf.clone() * cot.clone()).sum().backward();
+
+    let (xr, gr_, br) = (
+        x.clone().require_grad(),
+        gamma.clone().require_grad(),
+        beta.clone().require_grad(),
+    );
+    let out = burn::tensor::module::batch_norm_train(xr.clone(), gr_.clone(), br.clone(), eps);
+    let yr = if relu {
+        burn::tensor::activation::relu(out.output)
+    } else {
+        out.output
+    };
+    let grads_r = (yr.clone() * cot).sum().backward();
+
+    let what = format!("{shape:?} relu {relu}");
+    assert_close(&format!("{what} output"), &values(yf), &values(yr), 1e-5);
+    assert_close(
+        &format!("{what} mean"),
+        &values(mean_f),
+        &values(out.mean),
+        1e-5,
+    );
+    assert_close(
+        &format!("{what} var"),
+        &values(var_f),
+        &values(out.variance),
+        1e-5,
+    );
+    assert_close(
+        &format!("{what} dx"),
+        &values(xf.grad(&grads_f).unwrap()),
+        &values(xr.grad(&grads_r).unwrap()),
+        1e-4,
+    );
+    assert_close(
+        &format!("{what} dgamma"),
+        &values(gf_.grad(&grads_f).unwrap()),
+        &values(gr_.grad(&grads_r).unwrap()),
+        1e-4,
+    );
+    assert_close(
+        &format!("{what} dbeta"),
+        &values(bf.grad(&grads_f).unwrap()),
+        &values(br.grad(&grads_r).unwrap()),
+        1e-4,
+    );
+}
+
+#[test]
+fn fused_batch_norm_matches_burn_values_statistics_and_gradients() {
+    bn_case([4, 3, 5, 7], true, 1);
+    bn_case([4, 3, 5, 7], false, 2);
+    bn_case([9, 17], true, 3);
+    bn_case([2, 1, 1, 3], false, 4);
+    bn_case([16, 8, 4, 4], true, 5);
+}

@@ -33,16 +33,32 @@ impl BatchNorm {
 
     /// Training statistics on an autodiff device (a training step), running statistics otherwise.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_act(x, false)
+    }
+
+    /// `relu(self.forward(x))`, in one pass on the CPU backend.
+    pub fn forward_relu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_act(x, true)
+    }
+
+    fn forward_act<const D: usize>(&self, x: Tensor<D>, relu: bool) -> Tensor<D> {
+        let act = |y: Tensor<D>| {
+            if relu {
+                burn::tensor::activation::relu(y)
+            } else {
+                y
+            }
+        };
         let device = x.device();
         if !device.is_autodiff() {
-            return burn::tensor::module::batch_norm(
+            return act(burn::tensor::module::batch_norm(
                 x,
                 self.weight.val(),
                 self.bias.val(),
                 self.running_mean.value().to_device(&device),
                 self.running_var.value().to_device(&device),
                 self.eps,
-            );
+            ));
         }
         let dims = x.dims();
         let count: usize = dims
@@ -51,8 +67,25 @@ impl BatchNorm {
             .filter(|(i, _)| *i != 1)
             .map(|(_, d)| *d)
             .product();
-        let out =
-            burn::tensor::module::batch_norm_train(x, self.weight.val(), self.bias.val(), self.eps);
+        // The fused kernel (normalization + ReLU, hand-written backward) on the CPU backend.
+        let (output, batch_mean, batch_var) = match super::fused::batch_norm_train_nd(
+            x.clone(),
+            self.weight.val(),
+            self.bias.val(),
+            self.eps,
+            relu,
+        ) {
+            Some(fused) => fused,
+            None => {
+                let out = burn::tensor::module::batch_norm_train(
+                    x,
+                    self.weight.val(),
+                    self.bias.val(),
+                    self.eps,
+                );
+                (act(out.output), out.mean, out.variance)
+            }
+        };
         let m = self.momentum;
         let unbias = if count > 1 {
             count as f64 / (count as f64 - 1.0)
@@ -63,16 +96,16 @@ impl BatchNorm {
         let var = self.running_var.value_sync().to_device(&device);
         let mean = mean
             .mul_scalar(1.0 - m)
-            .add(out.mean.detach().mul_scalar(m));
+            .add(batch_mean.detach().mul_scalar(m));
         let var = var
             .mul_scalar(1.0 - m)
-            .add(out.variance.detach().mul_scalar(m * unbias));
+            .add(batch_var.detach().mul_scalar(m * unbias));
         self.running_mean.update(mean.detach());
         self.running_var.update(var.detach());
         // RunningState defers updates per thread; flush now so that `value()`, checkpoints and
         // module visitors see this step's statistics.
         self.running_mean.value_sync();
         self.running_var.value_sync();
-        out.output
+        output
     }
 }

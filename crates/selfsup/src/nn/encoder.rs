@@ -170,10 +170,10 @@ impl ConvNet {
     pub fn feature_map(&self, mut x: Tensor<4>) -> Tensor<4> {
         for (i, conv) in self.convs.iter().enumerate() {
             x = conv2d(conv, x);
-            if let Some(bn) = self.bns.get(i) {
-                x = bn.forward(x);
-            }
-            x = relu(x);
+            x = match self.bns.get(i) {
+                Some(bn) => bn.forward_relu(x),
+                None => relu(x),
+            };
         }
         x
     }
@@ -229,7 +229,7 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(conv2d(&self.conv1, x.clone())));
+        let out = self.bn1.forward_relu(conv2d(&self.conv1, x.clone()));
         let out = self.bn2.forward(conv2d(&self.conv2, out));
         let skip = match (&self.shortcut, &self.shortcut_bn) {
             (Some(conv), Some(bn)) => bn.forward(conv2d(conv, x)),
@@ -271,7 +271,7 @@ impl ResNet {
 
     /// The last stage's activations [N, C, H', W'] before pooling.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = relu(self.stem_bn.forward(conv2d(&self.stem, x)));
+        let mut x = self.stem_bn.forward_relu(conv2d(&self.stem, x));
         for block in &self.blocks {
             x = block.forward(x);
         }

@@ -39,6 +39,17 @@ pub trait FusedOps: Backend {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> FloatTensor<Self>;
+
+    /// Training-mode batch normalization over every dimension but 1, optionally followed by
+    /// ReLU: `x` `[N, C, …]`, `gamma`, `beta` `[C]` → (output, batch mean `[C]`, biased batch
+    /// variance `[C]`); the statistics carry no gradient.
+    fn batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// Causal self-attention of `qkv` `[B, T, 3D]` with `n_heads` heads → `[B, T, D]`. The fused kernel
@@ -93,6 +104,17 @@ impl FusedOps for Flex {
         padding: [usize; 2],
     ) -> FlexTensor {
         conv_forward(&x, &weight, ConvGeom::of(&x, &weight, stride, padding))
+    }
+
+    fn batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let bn = bn_forward(&x, &gamma, &beta, epsilon, relu);
+        (bn.output, bn.mean, bn.var)
     }
 }
 
@@ -187,6 +209,68 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 prep.finish(conv_forward(&xp, &wp, g))
             }
         }
+    }
+
+    fn batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        use burn::backend::AutodiffBackend;
+
+        #[derive(Debug)]
+        struct BatchNormBackward;
+
+        impl Backward<Flex, 3> for BatchNormBackward {
+            /// x, gamma, the forward's output (for the ReLU mask) and statistics, ReLU or not.
+            type State = (FlexTensor, FlexTensor, BnForward, bool);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let grad = grads.consume::<Flex>(&ops.node);
+                let (x, gamma, fwd, relu) = ops.state;
+                let (dx, dgamma, dbeta) = bn_backward(&x, &gamma, &fwd, &grad, relu);
+                if let Some(node) = node_x {
+                    grads.register::<Flex>(node.id, dx);
+                }
+                if let Some(node) = node_gamma {
+                    grads.register::<Flex>(node.id, dgamma);
+                }
+                if let Some(node) = node_beta {
+                    grads.register::<Flex>(node.id, dbeta);
+                }
+            }
+        }
+
+        let prepared = BatchNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        let (xp, gp, bp) = (
+            x.primitive().clone(),
+            gamma.primitive().clone(),
+            beta.primitive().clone(),
+        );
+        let fwd = bn_forward(&xp, &gp, &bp, epsilon, relu);
+        let (mean, var) = (
+            Self::from_inner(fwd.mean.clone()),
+            Self::from_inner(fwd.var.clone()),
+        );
+        let output = match prepared {
+            OpsKind::Tracked(prep) => {
+                let out = fwd.output.clone();
+                prep.finish((xp, gp, fwd, relu), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(fwd.output),
+        };
+        (output, mean, var)
     }
 }
 
@@ -759,4 +843,223 @@ fn conv_backward(
     let dw =
         want_dw.then(|| FlexTensor::from_data(TensorData::new(dw, [g.cout, g.cin, g.kh, g.kw])));
     (dx, dw)
+}
+
+/// Training-mode batch normalization of `x` with `bn`'s affine parameters, optionally followed
+/// by ReLU, through the fused kernel: (output, batch mean, biased batch variance). `None` where
+/// the kernel does not apply (not the CPU backend); the caller then composes burn's ops.
+pub fn batch_norm_train(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    relu: bool,
+) -> Option<(Tensor<4>, Tensor<1>, Tensor<1>)> {
+    batch_norm_train_nd(x, gamma, beta, epsilon, relu)
+}
+
+/// [`batch_norm_train`] for any rank ≥ 2 (`[N, C]` after a linear layer, `[N, C, H, W]` after a
+/// convolution).
+pub fn batch_norm_train_nd<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    relu: bool,
+) -> Option<(Tensor<D>, Tensor<1>, Tensor<1>)> {
+    if D < 2 || !fused_available(&x) {
+        return None;
+    }
+    let (out, mean, var) = <burn::backend::Dispatch as FusedOps>::batch_norm_train(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+        relu,
+    );
+    Some((
+        Tensor::from_dispatch(out),
+        Tensor::from_dispatch(mean),
+        Tensor::from_dispatch(var),
+    ))
+}
+
+/// What the batch-norm forward keeps for its backward.
+#[derive(Clone, Debug)]
+struct BnForward {
+    output: FlexTensor,
+    mean: FlexTensor,
+    /// Biased variance (divided by the count).
+    var: FlexTensor,
+    inv_std: Vec<f32>,
+}
+
+/// (images N, channels C, values per channel per image S) of `[N, C, …]`.
+fn bn_dims(x: &FlexTensor) -> (usize, usize, usize) {
+    let shape = x.layout().shape();
+    assert!(
+        shape.num_dims() >= 2,
+        "batch norm needs [N, C, …], got {shape:?}"
+    );
+    let (n, c) = (shape[0], shape[1]);
+    let s = (2..shape.num_dims()).map(|i| shape[i]).product();
+    (n, c, s)
+}
+
+/// Σ f(i) over `0..len` with 16 independent accumulators, so the compiler vectorizes the sum
+/// (a single running f32 sum is one long dependency chain).
+#[inline(always)]
+fn lane_sum(len: usize, f: impl Fn(usize) -> f32) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let full = len / L * L;
+    let mut i = 0;
+    while i < full {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+        i += L;
+    }
+    let mut tail = 0.0f32;
+    for j in full..len {
+        tail += f(j);
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn bn_forward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    eps: f64,
+    relu: bool,
+) -> BnForward {
+    let (n, c, s) = bn_dims(x);
+    let xs = f32_slice(x);
+    let (gs, bs) = (f32_slice(gamma), f32_slice(beta));
+    let (xs, gs, bs) = (&xs[..], &gs[..], &bs[..]);
+    let count = (n * s) as f64;
+    let mut out = vec![0.0f32; n * c * s];
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    // Per channel, in parallel: mean, then the variance around it (two passes, per-image partial
+    // sums added in f64), then the affine output (+ ReLU).
+    let stats: Vec<(f32, f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let out_ptr = out_ptr;
+            let plane = |i: usize| &xs[(i * c + ch) * s..][..s];
+            let sum: f64 = (0..n)
+                .map(|i| {
+                    let p = plane(i);
+                    lane_sum(s, |j| p[j]) as f64
+                })
+                .sum();
+            let mean = sum / count;
+            let m32 = mean as f32;
+            let sq: f64 = (0..n)
+                .map(|i| {
+                    let p = plane(i);
+                    lane_sum(s, |j| (p[j] - m32) * (p[j] - m32)) as f64
+                })
+                .sum();
+            let var = sq / count;
+            let inv_std = (1.0 / (var + eps).sqrt()) as f32;
+            let (scale, shift) = (gs[ch] * inv_std, bs[ch]);
+            for i in 0..n {
+                let p = plane(i);
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((i * c + ch) * s), s) };
+                if relu {
+                    for (y, &v) in o.iter_mut().zip(p) {
+                        *y = ((v - m32) * scale + shift).max(0.0);
+                    }
+                } else {
+                    for (y, &v) in o.iter_mut().zip(p) {
+                        *y = (v - m32) * scale + shift;
+                    }
+                }
+            }
+            (m32, var as f32, inv_std)
+        })
+        .collect();
+    let shape = x.layout().shape().clone();
+    let vec1 = |f: fn(&(f32, f32, f32)) -> f32| {
+        FlexTensor::from_data(TensorData::new(
+            stats.iter().map(f).collect::<Vec<f32>>(),
+            [c],
+        ))
+    };
+    BnForward {
+        output: FlexTensor::from_data(TensorData::new(out, shape)),
+        mean: vec1(|t| t.0),
+        var: vec1(|t| t.1),
+        inv_std: stats.iter().map(|t| t.2).collect(),
+    }
+}
+
+/// `dβ = Σ g`, `dγ = Σ g·x̂`, `dx = γ/σ · (g − dβ/m − x̂·dγ/m)` with `g` the output gradient
+/// (zeroed where the ReLU was off) and `m` the count per channel.
+fn bn_backward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    fwd: &BnForward,
+    grad: &FlexTensor,
+    relu: bool,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (n, c, s) = bn_dims(x);
+    let (xs, gs, ys, dys) = (
+        f32_slice(x),
+        f32_slice(gamma),
+        f32_slice(&fwd.output),
+        f32_slice(grad),
+    );
+    let ms = f32_slice(&fwd.mean);
+    let (xs, gs, ys, dys, ms) = (&xs[..], &gs[..], &ys[..], &dys[..], &ms[..]);
+    let count = (n * s) as f32;
+    let mut dx = vec![0.0f32; n * c * s];
+    let dx_ptr = SharedMut(dx.as_mut_ptr());
+    let sums: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let dx_ptr = dx_ptr;
+            let (mean, inv_std) = (ms[ch], fwd.inv_std[ch]);
+            let range = |i: usize| (i * c + ch) * s..(i * c + ch + 1) * s;
+            // g = dy, masked by the ReLU (a select, so the loops stay vectorizable)
+            let planes = |i: usize| {
+                let r = range(i);
+                (&xs[r.clone()], &ys[r.clone()], &dys[r])
+            };
+            let g = |y: f32, dy: f32| if relu && y <= 0.0 { 0.0 } else { dy };
+            let (mut dbeta, mut dxm) = (0.0f64, 0.0f64);
+            for i in 0..n {
+                let (xp, yp, dyp) = planes(i);
+                dbeta += lane_sum(s, |j| g(yp[j], dyp[j])) as f64;
+                dxm += lane_sum(s, |j| g(yp[j], dyp[j]) * (xp[j] - mean)) as f64;
+            }
+            let dgamma = (dxm as f32) * inv_std;
+            let dbeta = dbeta as f32;
+            let k = gs[ch] * inv_std;
+            let (mb, mg) = (dbeta / count, dgamma / count * inv_std);
+            for i in 0..n {
+                let (xp, yp, dyp) = planes(i);
+                let o = unsafe { std::slice::from_raw_parts_mut(dx_ptr.0.add(range(i).start), s) };
+                for j in 0..s {
+                    o[j] = k * (g(yp[j], dyp[j]) - mb - (xp[j] - mean) * mg);
+                }
+            }
+            (dgamma, dbeta)
+        })
+        .collect();
+    let shape = x.layout().shape().clone();
+    (
+        FlexTensor::from_data(TensorData::new(dx, shape)),
+        FlexTensor::from_data(TensorData::new(
+            sums.iter().map(|t| t.0).collect::<Vec<f32>>(),
+            [c],
+        )),
+        FlexTensor::from_data(TensorData::new(
+            sums.iter().map(|t| t.1).collect::<Vec<f32>>(),
+            [c],
+        )),
+    )
 }

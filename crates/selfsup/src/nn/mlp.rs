@@ -31,10 +31,11 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let mut h = self.fc1.forward(x);
-        if let Some(bn) = &self.bn {
-            h = bn.forward(h);
-        }
-        self.fc2.forward(relu(h))
+        let h = self.fc1.forward(x);
+        let h = match &self.bn {
+            Some(bn) => bn.forward_relu(h),
+            None => relu(h),
+        };
+        self.fc2.forward(h)
     }
 }
