@@ -290,3 +290,53 @@ fn fused_batch_norm_matches_burn_values_statistics_and_gradients() {
     bn_case([2, 1, 1, 3], false, 4);
     bn_case([16, 8, 4, 4], true, 5);
 }
+
+#[test]
+fn fused_layer_norm_matches_burn_values_and_gradients() {
+    use selfsup::nn::fused::layer_norm;
+    let device = Device::flex().autodiff();
+    for (i, (rows, d)) in [(1, 1), (3, 5), (70, 33), (130, 256)]
+        .into_iter()
+        .enumerate()
+    {
+        device.seed(300 + i as u64);
+        let x = Tensor::<3>::random([2, rows, d], Distribution::Normal(1.0, 3.0), &device);
+        let w = Tensor::<1>::random([d], Distribution::Normal(1.0, 0.5), &device);
+        let b = Tensor::<1>::random([d], Distribution::Normal(0.0, 0.5), &device);
+        let cot = Tensor::<3>::random([2, rows, d], Distribution::Normal(0.0, 1.0), &device);
+        let (xf, wf, bf) = (
+            x.clone().require_grad(),
+            w.clone().require_grad(),
+            b.clone().require_grad(),
+        );
+        let yf = layer_norm(xf.clone(), wf.clone(), bf.clone(), 1e-5).expect("flex device");
+        let gf = (yf.clone() * cot.clone()).sum().backward();
+        let (xr, wr, br) = (
+            x.clone().require_grad(),
+            w.clone().require_grad(),
+            b.clone().require_grad(),
+        );
+        let yr = burn::tensor::module::layer_norm(xr.clone(), wr.clone(), Some(br.clone()), 1e-5);
+        let gr = (yr.clone() * cot).sum().backward();
+        let what = format!("rows {rows} d {d}");
+        assert_close(&format!("{what} output"), &values(yf), &values(yr), 1e-5);
+        assert_close(
+            &format!("{what} dx"),
+            &values(xf.grad(&gf).unwrap()),
+            &values(xr.grad(&gr).unwrap()),
+            1e-4,
+        );
+        assert_close(
+            &format!("{what} dw"),
+            &values(wf.grad(&gf).unwrap()),
+            &values(wr.grad(&gr).unwrap()),
+            1e-4,
+        );
+        assert_close(
+            &format!("{what} db"),
+            &values(bf.grad(&gf).unwrap()),
+            &values(br.grad(&gr).unwrap()),
+            1e-4,
+        );
+    }
+}

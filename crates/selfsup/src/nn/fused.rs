@@ -50,6 +50,14 @@ pub trait FusedOps: Backend {
         epsilon: f64,
         relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// LayerNorm over the last dimension (biased variance): `(x − μ)/√(σ² + ε) · weight + bias`.
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
 }
 
 /// Causal self-attention of `qkv` `[B, T, 3D]` with `n_heads` heads → `[B, T, D]`. The fused kernel
@@ -115,6 +123,10 @@ impl FusedOps for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let bn = bn_forward(&x, &gamma, &beta, epsilon, relu);
         (bn.output, bn.mean, bn.var)
+    }
+
+    fn layer_norm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, epsilon: f64) -> FlexTensor {
+        ln_forward(&x, &weight, &bias, epsilon).0
     }
 }
 
@@ -271,6 +283,56 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             OpsKind::UnTracked(prep) => prep.finish(fwd.output),
         };
         (output, mean, var)
+    }
+
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNormBackward;
+
+        impl Backward<Flex, 3> for LayerNormBackward {
+            /// x, weight, per-row (mean, 1/σ).
+            type State = (FlexTensor, FlexTensor, std::sync::Arc<Vec<(f32, f32)>>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_w, node_b] = ops.parents;
+                let grad = grads.consume::<Flex>(&ops.node);
+                let (x, w, stats) = ops.state;
+                let (dx, dw, db) = ln_backward(&x, &w, &stats, &grad);
+                if let Some(node) = node_x {
+                    grads.register::<Flex>(node.id, dx);
+                }
+                if let Some(node) = node_w {
+                    grads.register::<Flex>(node.id, dw);
+                }
+                if let Some(node) = node_b {
+                    grads.register::<Flex>(node.id, db);
+                }
+            }
+        }
+
+        match LayerNormBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
+                let (out, stats) = ln_forward(&xp, &wp, bias.primitive(), epsilon);
+                prep.finish((xp, wp, std::sync::Arc::new(stats)), out)
+            }
+            OpsKind::UnTracked(prep) => prep
+                .finish(ln_forward(x.primitive(), weight.primitive(), bias.primitive(), epsilon).0),
+        }
     }
 }
 
@@ -1061,5 +1123,114 @@ fn bn_backward(
             sums.iter().map(|t| t.1).collect::<Vec<f32>>(),
             [c],
         )),
+    )
+}
+
+/// LayerNorm through the fused kernel; `None` where it does not apply (not the CPU backend).
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<1>,
+    bias: Tensor<1>,
+    epsilon: f64,
+) -> Option<Tensor<D>> {
+    if !fused_available(&x) {
+        return None;
+    }
+    Some(Tensor::from_dispatch(
+        <burn::backend::Dispatch as FusedOps>::layer_norm(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            epsilon,
+        ),
+    ))
+}
+
+/// Rows per parallel task of the LayerNorm kernels.
+const LN_ROWS: usize = 64;
+
+/// Forward: the output and each row's (mean, 1/σ).
+fn ln_forward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    b: &FlexTensor,
+    eps: f64,
+) -> (FlexTensor, Vec<(f32, f32)>) {
+    let shape = x.layout().shape().clone();
+    let d = shape[shape.num_dims() - 1];
+    let (xs, ws, bs) = (f32_slice(x), f32_slice(w), f32_slice(b));
+    let (xs, ws, bs) = (&xs[..], &ws[..], &bs[..]);
+    let rows = if d == 0 { 0 } else { xs.len() / d };
+    let mut out = vec![0.0f32; rows * d];
+    let mut stats = vec![(0.0f32, 0.0f32); rows];
+    out.par_chunks_mut(LN_ROWS * d.max(1))
+        .zip(stats.par_chunks_mut(LN_ROWS))
+        .enumerate()
+        .for_each(|(blk, (o, st))| {
+            for (r, (orow, stat)) in o.chunks_mut(d).zip(st.iter_mut()).enumerate() {
+                let xr = &xs[(blk * LN_ROWS + r) * d..][..d];
+                let mean = lane_sum(d, |j| xr[j]) / d as f32;
+                let var = lane_sum(d, |j| (xr[j] - mean) * (xr[j] - mean)) / d as f32;
+                let rstd = 1.0 / (var + eps as f32).sqrt();
+                for j in 0..d {
+                    orow[j] = (xr[j] - mean) * rstd * ws[j] + bs[j];
+                }
+                *stat = (mean, rstd);
+            }
+        });
+    (FlexTensor::from_data(TensorData::new(out, shape)), stats)
+}
+
+/// Backward: `dx = (1/σ)(g − mean(g) − x̂ · mean(g x̂))` with `g = dy · weight`,
+/// `dweight = Σ_rows dy x̂`, `dbias = Σ_rows dy`.
+fn ln_backward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    stats: &[(f32, f32)],
+    grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let shape = x.layout().shape().clone();
+    let d = shape[shape.num_dims() - 1];
+    let (xs, ws, gs) = (f32_slice(x), f32_slice(w), f32_slice(grad));
+    let (xs, ws, gs) = (&xs[..], &ws[..], &gs[..]);
+    let rows = stats.len();
+    let mut dx = vec![0.0f32; rows * d];
+    let (dw, db) = dx
+        .par_chunks_mut(LN_ROWS * d.max(1))
+        .enumerate()
+        .fold(
+            || (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; d]),
+            |(mut dw, mut db, mut xhat), (blk, o)| {
+                for (r, orow) in o.chunks_mut(d).enumerate() {
+                    let row = blk * LN_ROWS + r;
+                    let (mean, rstd) = stats[row];
+                    let (xr, gr) = (&xs[row * d..][..d], &gs[row * d..][..d]);
+                    for j in 0..d {
+                        xhat[j] = (xr[j] - mean) * rstd;
+                        dw[j] += gr[j] * xhat[j];
+                        db[j] += gr[j];
+                    }
+                    let mg = lane_sum(d, |j| gr[j] * ws[j]) / d as f32;
+                    let mgx = lane_sum(d, |j| gr[j] * ws[j] * xhat[j]) / d as f32;
+                    for j in 0..d {
+                        orow[j] = rstd * (gr[j] * ws[j] - mg - xhat[j] * mgx);
+                    }
+                }
+                (dw, db, xhat)
+            },
+        )
+        .map(|(dw, db, _)| (dw, db))
+        .reduce(
+            || (vec![0.0f32; d], vec![0.0f32; d]),
+            |(mut aw, mut ab), (bw, bb)| {
+                aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
+                ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
+                (aw, ab)
+            },
+        );
+    (
+        FlexTensor::from_data(TensorData::new(dx, shape)),
+        FlexTensor::from_data(TensorData::new(dw, [d])),
+        FlexTensor::from_data(TensorData::new(db, [d])),
     )
 }
