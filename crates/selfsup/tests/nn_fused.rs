@@ -340,3 +340,42 @@ fn fused_layer_norm_matches_burn_values_and_gradients() {
         );
     }
 }
+
+#[test]
+fn fused_gelu_matches_burn_values_and_gradients() {
+    let device = Device::flex().autodiff();
+    // A grid from -12 to 12 (the tails, 0, and everything the erf approximation's clamp touches)
+    // plus random values, an odd count so a partial vector tail is exercised.
+    let mut xs: Vec<f32> = (0..=2400).map(|i| -12.0 + i as f32 * 0.01).collect();
+    device.seed(9);
+    xs.extend(values(Tensor::<1>::random(
+        [40_001],
+        Distribution::Normal(0.0, 3.0),
+        &device,
+    )));
+    let n = xs.len();
+    let x = Tensor::<1>::from_data(TensorData::new(xs, [n]), &device);
+    let cot = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+    let xf = x.clone().require_grad();
+    let yf = selfsup::nn::fused::gelu(xf.clone()).expect("flex device");
+    let gf = (yf.clone() * cot.clone()).sum().backward();
+    let xr = x.require_grad();
+    let yr = burn::tensor::activation::gelu(xr.clone());
+    let gr = (yr.clone() * cot).sum().backward();
+    // Element-wise: |fused − exact| ≤ 2e-6 + 1e-5·|exact| (the rational erf is within 4e-7).
+    for (what, a, b) in [
+        ("gelu", values(yf), values(yr)),
+        (
+            "d gelu",
+            values(xf.grad(&gf).unwrap()),
+            values(xr.grad(&gr).unwrap()),
+        ),
+    ] {
+        for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (u - v).abs() <= 2e-6 + 1e-5 * v.abs(),
+                "{what}[{i}]: {u} vs {v}"
+            );
+        }
+    }
+}

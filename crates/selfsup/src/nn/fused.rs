@@ -58,6 +58,9 @@ pub trait FusedOps: Backend {
         bias: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self>;
+
+    /// Exact (erf) GELU, `x Φ(x)`.
+    fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Causal self-attention of `qkv` `[B, T, 3D]` with `n_heads` heads → `[B, T, D]`. The fused kernel
@@ -127,6 +130,10 @@ impl FusedOps for Flex {
 
     fn layer_norm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, epsilon: f64) -> FlexTensor {
         ln_forward(&x, &weight, &bias, epsilon).0
+    }
+
+    fn gelu(x: FlexTensor) -> FlexTensor {
+        gelu_forward(&x)
     }
 }
 
@@ -332,6 +339,41 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             }
             OpsKind::UnTracked(prep) => prep
                 .finish(ln_forward(x.primitive(), weight.primitive(), bias.primitive(), epsilon).0),
+        }
+    }
+
+    fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct GeluBackward;
+
+        impl Backward<Flex, 1> for GeluBackward {
+            type State = FlexTensor;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [parent] = ops.parents;
+                let grad = grads.consume::<Flex>(&ops.node);
+                if let Some(node) = parent {
+                    grads.register::<Flex>(node.id, gelu_backward(&ops.state, &grad));
+                }
+            }
+        }
+
+        match GeluBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let xp = x.primitive().clone();
+                let out = gelu_forward(&xp);
+                prep.finish(xp, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(gelu_forward(x.primitive())),
         }
     }
 }
@@ -698,8 +740,10 @@ fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: usize) {
                         let start = ow_lo + kj - g.pw;
                         d[ow_lo..ow_hi].copy_from_slice(&src[start..start + ow_hi - ow_lo]);
                     } else {
-                        for ow in ow_lo..ow_hi {
-                            d[ow] = src[ow * g.sw + kj - g.pw];
+                        let start = ow_lo * g.sw + kj - g.pw;
+                        let src = src[start..].iter().step_by(g.sw);
+                        for (dv, &sv) in d[ow_lo..ow_hi].iter_mut().zip(src) {
+                            *dv = sv;
                         }
                     }
                 }
@@ -722,8 +766,10 @@ fn col2im(cols: &[f32], g: &ConvGeom, dx: &mut [f32], ld: usize, col0: usize) {
                 for oh in oh_lo..oh_hi {
                     let d = &mut plane[(oh * g.sh + ki - g.ph) * g.w..][..g.w];
                     let s = &src[oh * wo..(oh + 1) * wo];
-                    for ow in ow_lo..ow_hi {
-                        d[ow * g.sw + kj - g.pw] += s[ow];
+                    let start = ow_lo * g.sw + kj - g.pw;
+                    let dst = d[start..].iter_mut().step_by(g.sw);
+                    for (dv, &sv) in dst.zip(&s[ow_lo..ow_hi]) {
+                        *dv += sv;
                     }
                 }
             }
@@ -808,8 +854,11 @@ fn conv_backward(
     let dx_ptr = SharedMut(dx.as_mut_ptr());
     let (xs, ws, gs) = (&xs[..], &ws[..], &gs[..]);
     let groups = g.n.div_ceil(grp);
+    // Few, large tasks: each allocates its own column buffer and dW partial sum.
+    let min_len = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
     let dw = (0..groups)
         .into_par_iter()
+        .with_min_len(min_len)
         .fold(
             || {
                 let dw = if want_dw {
@@ -1233,4 +1282,92 @@ fn ln_backward(
         FlexTensor::from_data(TensorData::new(dw, [d])),
         FlexTensor::from_data(TensorData::new(db, [d])),
     )
+}
+
+/// GELU through the fused kernel; `None` where it does not apply (not the CPU backend).
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Option<Tensor<D>> {
+    if !fused_available(&x) {
+        return None;
+    }
+    Some(Tensor::from_dispatch(
+        <burn::backend::Dispatch as FusedOps>::gelu(x.into_dispatch()),
+    ))
+}
+
+/// eˣ for f32 without a libm call, so loops over it vectorize: 2ⁿ · e^r with n = round(x / ln 2),
+/// r = x − n ln 2 (|r| ≤ ln 2 / 2, two-part ln 2), e^r by its degree-6 Taylor polynomial
+/// (relative error ≈ 1e-7).
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// erf for f32 as a rational function of x (Eigen's `generic_fast_erf_float`; |error| < 4e-7),
+/// exactly ±1 past |x| = 3.9,
+/// branch-free so loops over it vectorize.
+#[inline(always)]
+fn fast_erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906_3e-4;
+    p = p * x2 - 2.954_6e-3;
+    p = p * x2 - 1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329e-3;
+    q = q * x2 - 1.426_473_9e-2;
+    // Beyond 3.9, erf rounds to ±1 in f32; return that exactly (GELU's tail is then exactly 0).
+    if x.abs() > 3.9 {
+        x.signum()
+    } else {
+        x * p / q
+    }
+}
+
+/// Elements per parallel task of the element-wise kernels.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+fn gelu_forward(x: &FlexTensor) -> FlexTensor {
+    let shape = x.layout().shape().clone();
+    let xs = f32_slice(x);
+    let mut out = vec![0.0f32; xs.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(xs.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(o, x)| {
+            for (y, &v) in o.iter_mut().zip(x) {
+                *y = 0.5 * v * (1.0 + fast_erf(v * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        });
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// d/dx GELU = Φ(x) + x φ(x).
+fn gelu_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
+    let shape = x.layout().shape().clone();
+    let (xs, gs) = (f32_slice(x), f32_slice(grad));
+    let mut out = vec![0.0f32; xs.len()];
+    let inv_sqrt_2pi = 0.398_942_3f32;
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(xs.par_chunks(ELEMENTWISE_CHUNK))
+        .zip(gs.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|((o, x), g)| {
+            for ((d, &v), &gv) in o.iter_mut().zip(x).zip(g) {
+                let cdf = 0.5 * (1.0 + fast_erf(v * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = inv_sqrt_2pi * fast_exp(-0.5 * v * v);
+                *d = gv * (cdf + v * pdf);
+            }
+        });
+    FlexTensor::from_data(TensorData::new(out, shape))
 }
