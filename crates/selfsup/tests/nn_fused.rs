@@ -379,3 +379,53 @@ fn fused_gelu_matches_burn_values_and_gradients() {
         }
     }
 }
+
+#[test]
+fn fused_adamw_matches_burn_adamw_step_by_step() {
+    use burn::optim::{AdamWConfig, Optimizer};
+    use selfsup::train::optim::FusedAdamW;
+    let device = Device::flex();
+    device.seed(17);
+    let fused = FusedAdamW::new(0.05, 1e-8);
+    let reference = AdamWConfig::new()
+        .with_weight_decay(0.05)
+        .with_epsilon(1e-8)
+        .build();
+    // An odd size (partial chunk) and a rank-3 parameter.
+    let w0 = Tensor::<3>::random([3, 7, 1001], Distribution::Normal(0.0, 1.0), &device);
+    let (mut wf, mut wr) = (w0.clone(), w0.clone());
+    let (mut sf, mut sr) = (None, None);
+    for step in 0..5 {
+        let g = Tensor::<3>::random([3, 7, 1001], Distribution::Normal(0.0, 0.1), &device);
+        let lr = 1e-3 * (step + 1) as f64;
+        let (w, s) = fused.step(lr, wf, g.clone(), sf);
+        (wf, sf) = (w, s);
+        let (w, s) = reference.step(lr, wr, g, sr);
+        (wr, sr) = (w, s);
+        let (a, b) = (sf.as_ref().unwrap(), sr.as_ref().unwrap());
+        assert_eq!(a.momentum.time, b.momentum.time);
+        assert_ne!(
+            values(wf.clone()),
+            values(w0.clone()),
+            "the step moved the parameters"
+        );
+        assert_close(
+            &format!("step {step} w"),
+            &values(wf.clone()),
+            &values(wr.clone()),
+            1e-6,
+        );
+        assert_close(
+            &format!("step {step} m"),
+            &values(a.momentum.moment_1.clone()),
+            &values(b.momentum.moment_1.clone()),
+            1e-6,
+        );
+        assert_close(
+            &format!("step {step} v"),
+            &values(a.momentum.moment_2.clone()),
+            &values(b.momentum.moment_2.clone()),
+            1e-6,
+        );
+    }
+}

@@ -1371,3 +1371,107 @@ fn gelu_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
         });
     FlexTensor::from_data(TensorData::new(out, shape))
 }
+
+#[backend_extension(Flex)]
+pub trait FusedOptimOps: Backend {
+    /// One AdamW step (decoupled weight decay, bias-corrected moments) over a parameter, in one
+    /// pass: returns (parameter, first moment, second moment). `time` counts this step (1 first).
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        lr: f64,
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+        time: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl FusedOptimOps for Flex {
+    fn adamw_step(
+        param: FlexTensor,
+        grad: FlexTensor,
+        moment_1: FlexTensor,
+        moment_2: FlexTensor,
+        lr: f64,
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+        time: usize,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = param.layout().shape().clone();
+        let (p, g, m, v) = (
+            f32_slice(&param),
+            f32_slice(&grad),
+            f32_slice(&moment_1),
+            f32_slice(&moment_2),
+        );
+        // The scalars exactly as burn's AdamW forms them (f32 bias corrections, f64 decay rate).
+        let t = time as i32;
+        let (c1, c2) = (1f32 - beta_1.powi(t), 1f32 - beta_2.powi(t));
+        let decay = (1.0 - lr * weight_decay as f64) as f32;
+        let lr = lr as f32;
+        let (f1, f2) = (1.0 - beta_1, 1.0 - beta_2);
+        let n = p.len();
+        let (mut po, mut mo, mut vo) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        po.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(mo.par_chunks_mut(ELEMENTWISE_CHUNK))
+            .zip(vo.par_chunks_mut(ELEMENTWISE_CHUNK))
+            .enumerate()
+            .for_each(|(c, ((po, mo), vo))| {
+                let r = c * ELEMENTWISE_CHUNK..c * ELEMENTWISE_CHUNK + po.len();
+                let (p, g, m, v) = (&p[r.clone()], &g[r.clone()], &m[r.clone()], &v[r]);
+                for i in 0..po.len() {
+                    let m1 = m[i] * beta_1 + g[i] * f1;
+                    let m2 = v[i] * beta_2 + g[i] * g[i] * f2;
+                    let update = (m1 / c1) / ((m2 / c2).sqrt() + epsilon);
+                    po[i] = p[i] * decay - update * lr;
+                    mo[i] = m1;
+                    vo[i] = m2;
+                }
+            });
+        let t = |v: Vec<f32>| FlexTensor::from_data(TensorData::new(v, shape.clone()));
+        (t(po), t(mo), t(vo))
+    }
+}
+
+/// One fused AdamW step (see [`FusedOptimOps::adamw_step`]) on a plain (non-autodiff) CPU tensor;
+/// `None` elsewhere.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moment_1: Tensor<D>,
+    moment_2: Tensor<D>,
+    lr: f64,
+    betas: (f32, f32),
+    epsilon: f32,
+    weight_decay: f32,
+    time: usize,
+) -> Option<(Tensor<D>, Tensor<D>, Tensor<D>)> {
+    if !fused_available(&param) || param.device().is_autodiff() {
+        return None;
+    }
+    let (p, m, v) = <burn::backend::Dispatch as FusedOptimOps>::adamw_step(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        moment_1.into_dispatch(),
+        moment_2.into_dispatch(),
+        lr,
+        betas.0,
+        betas.1,
+        epsilon,
+        weight_decay,
+        time,
+    );
+    Some((
+        Tensor::from_dispatch(p),
+        Tensor::from_dispatch(m),
+        Tensor::from_dispatch(v),
+    ))
+}

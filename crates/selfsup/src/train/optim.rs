@@ -1,10 +1,11 @@
-//! Optimizers for the shared trainer: AdamW and SGD from burn, and LARS (You et al. 2017,
+//! Optimizers for the shared trainer: AdamW (burn's, with a fused CPU step), SGD from burn, and LARS (You et al. 2017,
 //! "Large Batch Training of Convolutional Networks") as used by SimCLR and BYOL.
 
 use anyhow::{bail, Result};
 use burn::optim::{
-    decay::WeightDecayConfig, momentum::MomentumConfig, AdamWConfig, ModuleOptimizer, Optimizer,
-    RecordState, SgdConfig, StateSink, StateSource,
+    decay::WeightDecayConfig, momentum::MomentumConfig, AdamW, AdamWConfig, AdamWState,
+    AdaptiveMomentumState, ModuleOptimizer, Optimizer, RecordState, SgdConfig, StateSink,
+    StateSource,
 };
 use burn::prelude::*;
 
@@ -75,13 +76,87 @@ impl Optimizer for Lars {
     }
 }
 
+/// AdamW (PyTorch's defaults: β = (0.9, 0.999), decoupled weight decay) whose step is one fused
+/// pass per parameter on the CPU backend (`nn::fused::adamw_step`) and burn's [`AdamW`] elsewhere.
+/// Same state type as burn's, so checkpoints are interchangeable.
+#[derive(Clone)]
+pub struct FusedAdamW {
+    pub beta_1: f32,
+    pub beta_2: f32,
+    pub epsilon: f32,
+    pub weight_decay: f32,
+    fallback: AdamW,
+}
+
+impl FusedAdamW {
+    pub fn new(weight_decay: f64, epsilon: f32) -> Self {
+        // burn's AdamWConfig defaults (its fields are private): β₁ 0.9, β₂ 0.999.
+        let (beta_1, beta_2) = (0.9, 0.999);
+        let cfg = AdamWConfig::new()
+            .with_beta_1(beta_1)
+            .with_beta_2(beta_2)
+            .with_weight_decay(weight_decay as f32)
+            .with_epsilon(epsilon);
+        Self {
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay: weight_decay as f32,
+            fallback: cfg.build(),
+        }
+    }
+}
+
+impl Optimizer for FusedAdamW {
+    type State<const D: usize> = AdamWState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: f64,
+        w: Tensor<D>,
+        g: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        // A fresh state is zero moments at time 0: the first update is then burn's first step.
+        let (time, m, v) = match &state {
+            Some(s) => (
+                s.momentum.time,
+                s.momentum.moment_1.clone(),
+                s.momentum.moment_2.clone(),
+            ),
+            None => (0, w.zeros_like(), w.zeros_like()),
+        };
+        let amsgrad = state
+            .as_ref()
+            .is_some_and(|s| s.momentum.max_moment_2.is_some());
+        if !amsgrad {
+            if let Some((w2, m, v)) = crate::nn::fused::adamw_step(
+                w.clone(),
+                g.clone(),
+                m,
+                v,
+                lr,
+                (self.beta_1, self.beta_2),
+                self.epsilon,
+                self.weight_decay,
+                time + 1,
+            ) {
+                let momentum = AdaptiveMomentumState::new(time + 1, m, v);
+                return (w2, Some(AdamWState::new(momentum)));
+            }
+        }
+        self.fallback.step(lr, w, g, state)
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        AdamW::to_device(state, device)
+    }
+}
+
 /// Builds the named optimizer.
 pub fn build_optimizer(name: &str, weight_decay: f64, momentum: f64) -> Result<ModuleOptimizer> {
     Ok(match name {
-        "adamw" => AdamWConfig::new()
-            .with_weight_decay(weight_decay as f32)
-            .with_epsilon(1e-8)
-            .init(),
+        "adamw" => ModuleOptimizer::from(FusedAdamW::new(weight_decay, 1e-8)),
         "sgd" => SgdConfig::new()
             .with_momentum(Some(MomentumConfig::new().with_momentum(momentum)))
             .with_weight_decay(Some(WeightDecayConfig::new(weight_decay as f32)))
@@ -136,13 +211,10 @@ pub fn adamw_with_scaled_group(
     group: burn::module::ParamGroup,
     scale: f64,
 ) -> ModuleOptimizer {
-    let cfg = AdamWConfig::new()
-        .with_weight_decay(weight_decay as f32)
-        .with_epsilon(1e-8);
-    ModuleOptimizer::from(cfg.build()).with_group(
+    ModuleOptimizer::from(FusedAdamW::new(weight_decay, 1e-8)).with_group(
         group,
         ScaledLr {
-            inner: cfg.build(),
+            inner: FusedAdamW::new(weight_decay, 1e-8),
             scale,
         },
         None,
