@@ -1,15 +1,19 @@
-//! Fused CPU kernels (issue 6): one backend-extension op replaces a chain of burn ops.
+//! Fused CPU kernels (issue 6): one backend-extension op replaces a chain of burn ops, with a
+//! hand-written backward, on the Flex (CPU) backend — with and without autodiff. Elsewhere (CUDA)
+//! and for f16/bf16 each public function here composes burn's generic ops instead (or returns
+//! `None` so the caller does), so models call one function whatever the device.
 //!
-//! [`causal_self_attention`] takes the fused q/k/v projection `[B, T, 3D]` of a GPT block and
-//! returns the merged heads `[B, T, D]` of `softmax(q kᵀ/√d_h + causal mask) v` — what
-//! `split_heads` ×3, [`super::transformer::attention`] with a causal mask and `merge_heads` compute,
-//! but in one pass per (sequence, head), in parallel over them: the heads are read and written in
-//! place through strides (no split/merge copies), the mask and softmax are one loop over each row,
-//! and the backward is hand-written (`dV = Pᵀ dO`, `dS = P ∘ (dP − rowsum(P ∘ dP))`,
-//! `dQ = dS K/√d_h`, `dK = dSᵀ Q/√d_h`) from the saved probabilities P.
+//! | kernel | replaces | how |
+//! |---|---|---|
+//! | [`causal_self_attention`] | split heads, `q kᵀ/√d`, causal mask, softmax, `· v`, merge | per (sequence, head) in parallel, heads read/written in place through strides; backward from the saved probabilities P: `dV = Pᵀ dO`, `dS = P ∘ (dP − rowsum(P ∘ dP))`, `dQ = dS K/√d`, `dK = dSᵀ Q/√d` |
+//! | [`conv2d`] | burn's conv2d (NCHW → NHWC copies, skinny GEMMs) and its backward | im2col of a group of images (≥ 256 output columns) + one GEMM, NCHW throughout; backward rebuilds the columns: `dW = Σ dY colsᵀ`, `dX = col2im(Wᵀ dY)`, only what is tracked |
+//! | [`batch_norm_train_nd`] | mean/var via swapped-dims copies, normalize, ReLU | per channel in parallel, two-pass statistics, ReLU fused; one-pass backward |
+//! | [`layer_norm`] | burn's layer norm backward (composed ops) | per row; `dx = (g − mean(g) − x̂·mean(g x̂))/σ` |
+//! | [`gelu`] | libm `erf` per element, single-threaded | rational erf + polynomial exp that vectorize, in parallel |
+//! | [`adamw_step`] | ~15 tensor ops per parameter | one pass over (w, g, m, v) |
 //!
-//! The kernel runs on the Flex (CPU) backend, with and without autodiff; on any other device
-//! (CUDA) [`causal_self_attention`] composes the generic ops, so the models call one function.
+//! `SELFSUP_NO_FUSED=1` (or a comma-separated list of [`KERNELS`]) turns kernels off, for
+//! before/after benchmarks; `tests/nn_fused.rs` checks each against the ops it replaces.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -66,7 +70,7 @@ pub trait FusedOps: Backend {
 /// Causal self-attention of `qkv` `[B, T, 3D]` with `n_heads` heads → `[B, T, D]`. The fused kernel
 /// on the CPU backend (f32), the generic ops elsewhere; both compute the same function.
 pub fn causal_self_attention(qkv: Tensor<3>, n_heads: usize) -> Tensor<3> {
-    if fused_available(&qkv) {
+    if fused_available("attention", &qkv) {
         Tensor::from_dispatch(
             <burn::backend::Dispatch as FusedOps>::causal_self_attention(
                 qkv.into_dispatch(),
@@ -90,13 +94,33 @@ pub fn causal_self_attention_reference(qkv: Tensor<3>, n_heads: usize) -> Tensor
     merge_heads(attention(q, k, v, Some(mask), &no_dropout).0)
 }
 
-/// The fused kernel serves f32 tensors on the Flex device (plain or autodiff);
-/// `SELFSUP_NO_FUSED=1` turns it off (for before/after benchmarks).
-fn fused_available<const D: usize>(x: &Tensor<D>) -> bool {
-    if std::env::var_os("SELFSUP_NO_FUSED").is_some_and(|v| v != "0") {
-        return false;
-    }
-    x.dtype() == DType::F32
+/// The kernels, by the names `SELFSUP_NO_FUSED` takes.
+pub const KERNELS: [&str; 6] = [
+    "attention",
+    "conv",
+    "batchnorm",
+    "layernorm",
+    "gelu",
+    "adamw",
+];
+
+/// Whether `SELFSUP_NO_FUSED` (read once) turns `kernel` off: `1` or `all` turns every kernel off,
+/// a comma-separated list of [`KERNELS`] those (for before/after benchmarks).
+fn disabled(kernel: &str) -> bool {
+    static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let off = OFF.get_or_init(|| match std::env::var("SELFSUP_NO_FUSED") {
+        Ok(v) if v == "1" || v == "all" => KERNELS.iter().map(|k| k.to_string()).collect(),
+        Ok(v) => v.split(',').map(|k| k.trim().to_string()).collect(),
+        Err(_) => vec![],
+    });
+    off.iter().any(|k| k == kernel)
+}
+
+/// A fused kernel serves f32 tensors on the Flex device (plain or autodiff) unless
+/// `SELFSUP_NO_FUSED` turns it off.
+fn fused_available<const D: usize>(kernel: &str, x: &Tensor<D>) -> bool {
+    !disabled(kernel)
+        && x.dtype() == DType::F32
         && matches!(
             x.device().as_dispatch().clone().inner(),
             DispatchDevice::Flex(_)
@@ -612,7 +636,7 @@ pub fn conv2d(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     };
     let plain = conv.groups == 1 && conv.dilation == [1, 1];
     match padding {
-        Some(padding) if plain && fused_available(&x) => {
+        Some(padding) if plain && fused_available("conv", &x) => {
             let weight = conv.weight.val();
             let y =
                 Tensor::<4>::from_dispatch(<burn::backend::Dispatch as FusedOps>::conv2d_nobias(
@@ -720,6 +744,23 @@ impl ConvGeom {
 /// im2col of one image `x` `[C, H, W]` into `cols` rows `(c, ki, kj)` × columns `[col0, col0+P)`
 /// of a matrix with `ld` columns.
 fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        return unsafe { im2col_avx512(x, g, cols, ld, col0) };
+    }
+    im2col_portable(x, g, cols, ld, col0)
+}
+
+/// [`im2col_portable`] compiled for AVX-512 (the strided gathers and copies vectorize wider).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn im2col_avx512(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: usize) {
+    im2col_portable(x, g, cols, ld, col0)
+}
+
+#[inline(always)]
+fn im2col_portable(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: usize) {
     let (p, wo) = (g.p(), g.wo);
     for c in 0..g.cin {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -731,19 +772,27 @@ fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: usize) {
                 let dst = &mut cols[row * ld + col0..row * ld + col0 + p];
                 dst[..oh_lo * wo].fill(0.0);
                 dst[oh_hi * wo..].fill(0.0);
+                // The rows inside the image; the few border entries of each are zeroed by hand
+                // (a `fill` per 4-wide row costs a memset call).
+                let (sw, base) = (g.sw, kj as isize - g.pw as isize);
                 for oh in oh_lo..oh_hi {
                     let src = &plane[(oh * g.sh + ki - g.ph) * g.w..][..g.w];
                     let d = &mut dst[oh * wo..(oh + 1) * wo];
-                    d[..ow_lo].fill(0.0);
-                    d[ow_hi..].fill(0.0);
-                    if g.sw == 1 {
-                        let start = ow_lo + kj - g.pw;
-                        d[ow_lo..ow_hi].copy_from_slice(&src[start..start + ow_hi - ow_lo]);
-                    } else {
-                        let start = ow_lo * g.sw + kj - g.pw;
-                        let src = src[start..].iter().step_by(g.sw);
-                        for (dv, &sv) in d[ow_lo..ow_hi].iter_mut().zip(src) {
-                            *dv = sv;
+                    for v in &mut d[..ow_lo] {
+                        *v = 0.0;
+                    }
+                    for v in &mut d[ow_hi..] {
+                        *v = 0.0;
+                    }
+                    // ow in ow_lo..ow_hi reads src[ow·sw + kj − pw], inside the row by `valid`.
+                    let first = (ow_lo as isize * sw as isize + base) as usize;
+                    let last = first + (ow_hi - ow_lo).saturating_sub(1) * sw;
+                    if ow_hi > ow_lo {
+                        assert!(last < src.len());
+                        let (sp, dp) = (src.as_ptr(), d.as_mut_ptr());
+                        for ow in ow_lo..ow_hi {
+                            // SAFETY: first + (ow − ow_lo)·sw ≤ last < src.len() (asserted), ow < wo.
+                            unsafe { *dp.add(ow) = *sp.add(first + (ow - ow_lo) * sw) };
                         }
                     }
                 }
@@ -754,6 +803,22 @@ fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: usize) {
 
 /// col2im: adds the columns `[col0, col0+P)` of `cols` back onto the image gradient `dx` `[C, H, W]`.
 fn col2im(cols: &[f32], g: &ConvGeom, dx: &mut [f32], ld: usize, col0: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        return unsafe { col2im_avx512(cols, g, dx, ld, col0) };
+    }
+    col2im_portable(cols, g, dx, ld, col0)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn col2im_avx512(cols: &[f32], g: &ConvGeom, dx: &mut [f32], ld: usize, col0: usize) {
+    col2im_portable(cols, g, dx, ld, col0)
+}
+
+#[inline(always)]
+fn col2im_portable(cols: &[f32], g: &ConvGeom, dx: &mut [f32], ld: usize, col0: usize) {
     let wo = g.wo;
     for c in 0..g.cin {
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -978,7 +1043,7 @@ pub fn batch_norm_train_nd<const D: usize>(
     epsilon: f64,
     relu: bool,
 ) -> Option<(Tensor<D>, Tensor<1>, Tensor<1>)> {
-    if D < 2 || !fused_available(&x) {
+    if D < 2 || !fused_available("batchnorm", &x) {
         return None;
     }
     let (out, mean, var) = <burn::backend::Dispatch as FusedOps>::batch_norm_train(
@@ -1182,7 +1247,7 @@ pub fn layer_norm<const D: usize>(
     bias: Tensor<1>,
     epsilon: f64,
 ) -> Option<Tensor<D>> {
-    if !fused_available(&x) {
+    if !fused_available("layernorm", &x) {
         return None;
     }
     Some(Tensor::from_dispatch(
@@ -1286,7 +1351,7 @@ fn ln_backward(
 
 /// GELU through the fused kernel; `None` where it does not apply (not the CPU backend).
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Option<Tensor<D>> {
-    if !fused_available(&x) {
+    if !fused_available("gelu", &x) {
         return None;
     }
     Some(Tensor::from_dispatch(
@@ -1454,7 +1519,7 @@ pub fn adamw_step<const D: usize>(
     weight_decay: f32,
     time: usize,
 ) -> Option<(Tensor<D>, Tensor<D>, Tensor<D>)> {
-    if !fused_available(&param) || param.device().is_autodiff() {
+    if !fused_available("adamw", &param) || param.device().is_autodiff() {
         return None;
     }
     let (p, m, v) = <burn::backend::Dispatch as FusedOptimOps>::adamw_step(

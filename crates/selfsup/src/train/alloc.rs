@@ -31,7 +31,10 @@ pub fn keep_freed_memory() {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
             libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-            libc::mallopt(libc::M_MMAP_MAX, 0);
+            // SELFSUP_MMAP_MAX_DEFAULT=1 keeps glibc's mmap use (for before/after benchmarks).
+            if std::env::var_os("SELFSUP_MMAP_MAX_DEFAULT").is_none() {
+                libc::mallopt(libc::M_MMAP_MAX, 0);
+            }
         }
     });
 }
