@@ -405,14 +405,17 @@ fn calibrate_steps(
     let c = cfg.curriculum(1);
     let time = |points: usize| -> Result<f64> {
         let mut t = vec![];
-        for i in 0..3 {
+        for i in 0..7 {
             let b = sample_batch(cfg.seed, i, cfg.train.batch_size, points, cfg.dim, cfg.dim)?;
             let t0 = Instant::now();
             let _ = Objective::loss(model, b).backward();
             t.push(t0.elapsed().as_secs_f64());
         }
-        // The first pass includes one-time setup.
-        Ok((t[1] + t[2]) / 2.0 * 1.1 * cfg.train.grad_accum.max(1) as f64)
+        // The first two passes include one-time setup; the median of the other five (a step
+        // takes tens of ms, so one slow step would otherwise move the whole schedule).
+        let mut t = t.split_off(2);
+        t.sort_by(f64::total_cmp);
+        Ok(t[2] * 1.1 * cfg.train.grad_accum.max(1) as f64)
     };
     let (p0, p1) = (c.points_start, c.points_end);
     let (t0, t1) = (time(p0)?, time(p1)?);
