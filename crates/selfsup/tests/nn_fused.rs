@@ -429,3 +429,34 @@ fn fused_adamw_matches_burn_adamw_step_by_step() {
         );
     }
 }
+
+#[test]
+fn fused_backward_sums_are_reproducible() {
+    // dW of the convolution and dweight/dbias of the layer norm are sums over images/rows done
+    // in parallel; they are summed in a fixed order, so repeated runs agree bit for bit.
+    use selfsup::nn::fused::{conv2d, layer_norm};
+    let device = Device::flex().autodiff();
+    device.seed(23);
+    let conv = conv_layer(&CONV_CASES[4], &device);
+    let x = Tensor::<4>::random([70, 3, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+    let xl = Tensor::<3>::random([9, 100, 40], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<1>::ones([40], &device).require_grad();
+    let b = Tensor::<1>::zeros([40], &device).require_grad();
+    let run = || {
+        let gc = conv2d(&conv, x.clone()).powi_scalar(3).sum().backward();
+        let gl = layer_norm(xl.clone(), w.clone(), b.clone(), 1e-5)
+            .unwrap()
+            .powi_scalar(3)
+            .sum()
+            .backward();
+        (
+            values(conv.weight.val().grad(&gc).unwrap()),
+            values(w.grad(&gl).unwrap()),
+            values(b.grad(&gl).unwrap()),
+        )
+    };
+    let first = run();
+    for _ in 0..3 {
+        assert_eq!(run(), first);
+    }
+}

@@ -919,26 +919,22 @@ fn conv_backward(
     let dx_ptr = SharedMut(dx.as_mut_ptr());
     let (xs, ws, gs) = (&xs[..], &ws[..], &gs[..]);
     let groups = g.n.div_ceil(grp);
-    // Few, large tasks: each allocates its own column buffer and dW partial sum.
-    let min_len = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
-    let dw = (0..groups)
+    // A fixed number of chunks of consecutive groups (independent of the thread count), each with
+    // its own column buffer and partial dW; the partials are summed in chunk order, so the result
+    // does not depend on how rayon schedules the work (same seed, same numbers).
+    let chunks = groups.min(CONV_CHUNKS);
+    let partials: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
-        .with_min_len(min_len)
-        .fold(
-            || {
-                let dw = if want_dw {
-                    vec![0.0f32; g.cout * k]
-                } else {
-                    vec![]
-                };
-                (
-                    dw,
-                    vec![0.0f32; k * grp * p],
-                    vec![0.0f32; g.cout * grp * p],
-                )
-            },
-            |(mut dw, mut cols, mut dy), gi| {
-                let dx_ptr = dx_ptr;
+        .map(|chunk| {
+            let dx_ptr = dx_ptr;
+            let mut dw = if want_dw {
+                vec![0.0f32; g.cout * k]
+            } else {
+                vec![]
+            };
+            let mut cols = vec![0.0f32; k * grp * p];
+            let mut dy = vec![0.0f32; g.cout * grp * p];
+            for gi in chunk * groups / chunks..(chunk + 1) * groups / chunks {
                 let first = gi * grp;
                 let imgs = grp.min(g.n - first);
                 let ld = imgs * p;
@@ -998,23 +994,18 @@ fn conv_backward(
                         col2im(&cols, &g, dxn, ld, i * p);
                     }
                 }
-                (dw, cols, dy)
-            },
-        )
-        .map(|(dw, _, _)| dw)
-        .reduce(
-            || {
-                if want_dw {
-                    vec![0.0f32; g.cout * k]
-                } else {
-                    vec![]
-                }
-            },
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+            }
+            dw
+        })
+        .collect();
+    let mut dw = if want_dw {
+        vec![0.0f32; g.cout * k]
+    } else {
+        vec![]
+    };
+    for part in &partials {
+        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
     let dx = want_dx.then(|| FlexTensor::from_data(TensorData::new(dx, [g.n, g.cin, g.h, g.w])));
     let dw =
         want_dw.then(|| FlexTensor::from_data(TensorData::new(dw, [g.cout, g.cin, g.kh, g.kw])));
@@ -1260,6 +1251,9 @@ pub fn layer_norm<const D: usize>(
     ))
 }
 
+/// Chunks of image groups in the conv backward (fixed, for a deterministic dW sum).
+const CONV_CHUNKS: usize = 16;
+
 /// Rows per parallel task of the LayerNorm kernels.
 const LN_ROWS: usize = 64;
 
@@ -1309,39 +1303,36 @@ fn ln_backward(
     let (xs, ws, gs) = (&xs[..], &ws[..], &gs[..]);
     let rows = stats.len();
     let mut dx = vec![0.0f32; rows * d];
-    let (dw, db) = dx
+    // Per block of rows a partial (dweight, dbias), summed in block order afterwards, so the
+    // result does not depend on how rayon splits the work (same seed, same numbers).
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
         .par_chunks_mut(LN_ROWS * d.max(1))
         .enumerate()
-        .fold(
-            || (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; d]),
-            |(mut dw, mut db, mut xhat), (blk, o)| {
-                for (r, orow) in o.chunks_mut(d).enumerate() {
-                    let row = blk * LN_ROWS + r;
-                    let (mean, rstd) = stats[row];
-                    let (xr, gr) = (&xs[row * d..][..d], &gs[row * d..][..d]);
-                    for j in 0..d {
-                        xhat[j] = (xr[j] - mean) * rstd;
-                        dw[j] += gr[j] * xhat[j];
-                        db[j] += gr[j];
-                    }
-                    let mg = lane_sum(d, |j| gr[j] * ws[j]) / d as f32;
-                    let mgx = lane_sum(d, |j| gr[j] * ws[j] * xhat[j]) / d as f32;
-                    for j in 0..d {
-                        orow[j] = rstd * (gr[j] * ws[j] - mg - xhat[j] * mgx);
-                    }
+        .map(|(blk, o)| {
+            let (mut dw, mut db, mut xhat) = (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; d]);
+            for (r, orow) in o.chunks_mut(d).enumerate() {
+                let row = blk * LN_ROWS + r;
+                let (mean, rstd) = stats[row];
+                let (xr, gr) = (&xs[row * d..][..d], &gs[row * d..][..d]);
+                for j in 0..d {
+                    xhat[j] = (xr[j] - mean) * rstd;
+                    dw[j] += gr[j] * xhat[j];
+                    db[j] += gr[j];
                 }
-                (dw, db, xhat)
-            },
-        )
-        .map(|(dw, db, _)| (dw, db))
-        .reduce(
-            || (vec![0.0f32; d], vec![0.0f32; d]),
-            |(mut aw, mut ab), (bw, bb)| {
-                aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
-                ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
-                (aw, ab)
-            },
-        );
+                let mg = lane_sum(d, |j| gr[j] * ws[j]) / d as f32;
+                let mgx = lane_sum(d, |j| gr[j] * ws[j] * xhat[j]) / d as f32;
+                for j in 0..d {
+                    orow[j] = rstd * (gr[j] * ws[j] - mg - xhat[j] * mgx);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
+    for (pw, pb) in &partials {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
     (
         FlexTensor::from_data(TensorData::new(dx, shape)),
         FlexTensor::from_data(TensorData::new(dw, [d])),
