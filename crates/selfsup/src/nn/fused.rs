@@ -1012,21 +1012,10 @@ fn conv_backward(
     (dx, dw)
 }
 
-/// Training-mode batch normalization of `x` with `bn`'s affine parameters, optionally followed
-/// by ReLU, through the fused kernel: (output, batch mean, biased batch variance). `None` where
-/// the kernel does not apply (not the CPU backend); the caller then composes burn's ops.
-pub fn batch_norm_train(
-    x: Tensor<4>,
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-    epsilon: f64,
-    relu: bool,
-) -> Option<(Tensor<4>, Tensor<1>, Tensor<1>)> {
-    batch_norm_train_nd(x, gamma, beta, epsilon, relu)
-}
-
-/// [`batch_norm_train`] for any rank ≥ 2 (`[N, C]` after a linear layer, `[N, C, H, W]` after a
-/// convolution).
+/// Training-mode batch normalization of `x` (any rank ≥ 2: `[N, C]` after a linear layer,
+/// `[N, C, H, W]` after a convolution), optionally followed by ReLU, through the fused kernel:
+/// (output, batch mean, biased batch variance). `None` where the kernel does not apply (not the
+/// CPU backend); the caller then composes burn's ops.
 pub fn batch_norm_train_nd<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
