@@ -744,23 +744,6 @@ impl ConvGeom {
 /// im2col of one image `x` `[C, H, W]` into `cols` rows `(c, ki, kj)` × columns `[col0, col0+P)`
 /// of a matrix with `ld` columns.
 fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { im2col_avx512(x, g, cols, ld, col0) };
-    }
-    im2col_portable(x, g, cols, ld, col0)
-}
-
-/// [`im2col_portable`] compiled for AVX-512 (the strided gathers and copies vectorize wider).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn im2col_avx512(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: usize) {
-    im2col_portable(x, g, cols, ld, col0)
-}
-
-#[inline(always)]
-fn im2col_portable(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: usize) {
     let (p, wo) = (g.p(), g.wo);
     for c in 0..g.cin {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -803,22 +786,6 @@ fn im2col_portable(x: &[f32], g: &ConvGeom, cols: &mut [f32], ld: usize, col0: u
 
 /// col2im: adds the columns `[col0, col0+P)` of `cols` back onto the image gradient `dx` `[C, H, W]`.
 fn col2im(cols: &[f32], g: &ConvGeom, dx: &mut [f32], ld: usize, col0: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { col2im_avx512(cols, g, dx, ld, col0) };
-    }
-    col2im_portable(cols, g, dx, ld, col0)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn col2im_avx512(cols: &[f32], g: &ConvGeom, dx: &mut [f32], ld: usize, col0: usize) {
-    col2im_portable(cols, g, dx, ld, col0)
-}
-
-#[inline(always)]
-fn col2im_portable(cols: &[f32], g: &ConvGeom, dx: &mut [f32], ld: usize, col0: usize) {
     let wo = g.wo;
     for c in 0..g.cin {
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
