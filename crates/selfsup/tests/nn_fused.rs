@@ -1,7 +1,8 @@
 //! The fused CPU kernels (issue 6) against the generic burn ops they replace. Attention: against the
 //! composition of split/attention/merge, values and gradients, odd shapes, with and without autodiff,
 //! and through a GPT block. Convolution: against burn's `Conv2d::forward`, values and gradients of
-//! input, weight and bias, strides, paddings, kernels 1×1/3×3/5×3, partial image groups.
+//! input, weight and bias, strides, paddings, kernels 1×1/3×3/5×3, partial image groups. Linear:
+//! against burn's `Linear::forward` and `x · Eᵀ`, values and gradients of input, weight and bias.
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
@@ -459,4 +460,121 @@ fn fused_backward_sums_are_reproducible() {
     for _ in 0..3 {
         assert_eq!(run(), first);
     }
+}
+
+/// (leading dims, K, N, bias, non-contiguous input): 2-D/3-D/4-D inputs, K = 1, odd widths, one
+/// large enough for the parallel GEMM, and an input that is a transposed view.
+const LINEAR_CASES: [(&[usize], usize, usize, bool, bool); 7] = [
+    (&[5], 3, 7, true, false),
+    (&[2, 9], 1, 4, true, false),
+    (&[3, 4, 5], 17, 9, false, false),
+    (&[2, 150], 200, 130, true, false),
+    (&[1, 1], 8, 1, true, false),
+    (&[4, 6], 10, 12, true, true),
+    (&[33], 64, 31, false, true),
+];
+
+#[test]
+fn fused_linear_matches_burn_values_and_gradients() {
+    use burn::nn::LinearConfig;
+    use selfsup::nn::fused_linear::{linear, linear_transposed};
+    let device = Device::flex().autodiff();
+    for (i, &(lead, k, n, bias, strided)) in LINEAR_CASES.iter().enumerate() {
+        device.seed(300 + i as u64);
+        let layer = LinearConfig::new(k, n).with_bias(bias).init(&device);
+        let mut shape = lead.to_vec();
+        shape.push(k);
+        let what = format!("leading {lead:?} K {k} N {n} bias {bias} strided {strided}");
+        // Rank-generic through a 4-D view: pad the leading dims with ones.
+        let mut dims4 = vec![1usize; 4 - shape.len()];
+        dims4.extend(&shape);
+        let dims4: [usize; 4] = dims4.try_into().unwrap();
+        let x = if strided {
+            // Built as [.., K, last] and transposed: a view whose last dim is not contiguous.
+            let mut d = dims4;
+            d.swap(2, 3);
+            Tensor::<4>::random(d, Distribution::Normal(0.0, 1.0), &device).swap_dims(2, 3)
+        } else {
+            Tensor::<4>::random(dims4, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let mut out4 = dims4;
+        out4[3] = n;
+        let cot = Tensor::<4>::random(out4, Distribution::Normal(0.0, 1.0), &device);
+
+        let xf = x.clone().require_grad();
+        let yf = linear(&layer, xf.clone());
+        let gf = (yf.clone() * cot.clone()).sum().backward();
+        let xr = x.clone().require_grad();
+        let yr = layer.forward(xr.clone());
+        let gr = (yr.clone() * cot.clone()).sum().backward();
+        assert_eq!(yf.dims(), out4, "{what}");
+        assert_close(&format!("{what} output"), &values(yf), &values(yr), 1e-5);
+        let g = |t: Tensor<4>, grads| values(t.grad(grads).unwrap());
+        assert_close(&format!("{what} dx"), &g(xf, &gf), &g(xr, &gr), 1e-5);
+        let (wf, wr) = (layer.weight.val().grad(&gf), layer.weight.val().grad(&gr));
+        assert_close(
+            &format!("{what} dW"),
+            &values(wf.unwrap()),
+            &values(wr.unwrap()),
+            1e-5,
+        );
+        if let Some(b) = &layer.bias {
+            let (bf, br) = (b.val().grad(&gf).unwrap(), b.val().grad(&gr).unwrap());
+            assert_close(&format!("{what} db"), &values(bf), &values(br), 1e-5);
+        }
+
+        // The same weight read transposed, as a tied output head: E [N, K].
+        let e = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let xf = x.clone().require_grad();
+        let gf = (linear_transposed(xf.clone(), e.clone()) * cot.clone())
+            .sum()
+            .backward();
+        let xr = x.clone().require_grad();
+        let yr = xr.clone().matmul(e.clone().transpose().unsqueeze::<4>());
+        let gr = (yr * cot.clone()).sum().backward();
+        assert_close(
+            &format!("{what} transposed dx"),
+            &g(xf, &gf),
+            &g(xr, &gr),
+            1e-5,
+        );
+        let (ef, er) = (e.grad(&gf).unwrap(), e.grad(&gr).unwrap());
+        assert_close(
+            &format!("{what} transposed dE"),
+            &values(ef),
+            &values(er),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn fused_linear_without_autodiff_and_without_tracked_input() {
+    use burn::nn::LinearConfig;
+    use selfsup::nn::fused_linear::linear;
+    // Plain device: same values as burn's Linear.
+    let device = Device::flex();
+    device.seed(41);
+    let layer = LinearConfig::new(6, 5).init(&device);
+    let x = Tensor::<3>::random([2, 3, 6], Distribution::Normal(0.0, 1.0), &device);
+    assert_close(
+        "plain",
+        &values(linear(&layer, x.clone())),
+        &values(layer.forward(x)),
+        1e-6,
+    );
+    // Autodiff device, input not tracked (the first layer of a network): only dW and db.
+    let device = Device::flex().autodiff();
+    device.seed(42);
+    let layer = LinearConfig::new(6, 5).init(&device);
+    let x = Tensor::<2>::random([4, 6], Distribution::Normal(0.0, 1.0), &device);
+    let gf = linear(&layer, x.clone()).powi_scalar(2).sum().backward();
+    let gr = layer.forward(x).powi_scalar(2).sum().backward();
+    let w = layer.weight.val();
+    assert_close(
+        "untracked input dW",
+        &values(w.grad(&gf).unwrap()),
+        &values(w.grad(&gr).unwrap()),
+        1e-5,
+    );
 }

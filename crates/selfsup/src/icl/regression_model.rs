@@ -7,6 +7,7 @@
 //! mask hides y_{k+1} itself). Loss: squared error at every x token, divided by the number of
 //! active dimensions (y has variance d, so every curriculum stage starts at loss ≈ 1).
 
+use crate::nn::fused_linear::linear as fused_linear;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{DropoutConfig, Linear};
@@ -118,11 +119,11 @@ impl RegressionGpt {
         let tokens: Tensor<3> = Tensor::stack::<4>(vec![xs, y_tok], 2).reshape([b, 2 * n, dim]);
         let d = self.wpe.val().dims()[1];
         let pos = self.wpe.val().narrow(0, 0, 2 * n).reshape([1, 2 * n, d]);
-        let mut x = self.read_in.forward(tokens) + pos.expand([b, 2 * n, d]);
+        let mut x = fused_linear(&self.read_in, tokens) + pos.expand([b, 2 * n, d]);
         for block in &self.h {
             x = block.forward(x, None, false).0;
         }
-        let out = self.read_out.forward(self.ln_f.forward(x)); // [B, 2n, 1]
+        let out = fused_linear(&self.read_out, self.ln_f.forward(x)); // [B, 2n, 1]
         out.reshape([b, n, 2]).narrow(2, 0, 1).reshape([b, n])
     }
 

@@ -245,11 +245,8 @@ impl Gpt {
         if trace {
             hidden.push(x.clone());
         }
-        let v = self.vocab_size();
-        let logits = x
-            .reshape([b * t, d])
-            .matmul(self.wte.val().transpose())
-            .reshape([b, t, v]);
+        // Tied head: x · wteᵀ, one GEMM over all positions on the CPU backend.
+        let logits = crate::nn::fused_linear::linear_transposed(x, self.wte.val());
         GptTrace {
             logits,
             hidden,

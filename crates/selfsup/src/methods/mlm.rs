@@ -8,6 +8,7 @@
 //! paper and Hugging Face's `BertForMaskedLM`, whose tensor names the checkpoint table keeps,
 //! so all-MiniLM-L6-v2's `model.safetensors` loads through the same code.
 
+use crate::nn::fused_linear::linear as fused_linear;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -226,13 +227,13 @@ pub struct BertLayer {
 impl BertLayer {
     fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4, Bool>>) -> (Tensor<3>, Tensor<4>) {
         let a = &self.attention;
-        let q = split_heads(a.query.forward(x.clone()), a.n_heads);
-        let k = split_heads(a.key.forward(x.clone()), a.n_heads);
-        let v = split_heads(a.value.forward(x.clone()), a.n_heads);
+        let q = split_heads(fused_linear(&a.query, x.clone()), a.n_heads);
+        let k = split_heads(fused_linear(&a.key, x.clone()), a.n_heads);
+        let v = split_heads(fused_linear(&a.value, x.clone()), a.n_heads);
         let (context, probs) = attention(q, k, v, mask, &a.dropout);
         let y = self
             .attention_dropout
-            .forward(self.attention_output.forward(merge_heads(context)));
+            .forward(fused_linear(&self.attention_output, merge_heads(context)));
         let x = self.attention_norm.forward(x + y);
         let x = self.output_norm.forward(x.clone() + self.ffn.forward(x));
         (x, probs)
@@ -425,7 +426,7 @@ impl BertForMaskedLm {
     pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
         let h = self
             .transform_norm
-            .forward(gelu(self.transform.forward(hidden)));
+            .forward(gelu(fused_linear(&self.transform, hidden)));
         let [n, _] = h.dims();
         let v = self.vocab_size();
         h.matmul(self.bert.embeddings.word_embeddings.val().transpose())

@@ -11,6 +11,7 @@
 //! | [`layer_norm`] | burn's layer norm backward (composed ops) | per row; `dx = (g − mean(g) − x̂·mean(g x̂))/σ` |
 //! | [`gelu`] | libm `erf` per element, single-threaded | rational erf + polynomial exp that vectorize, in parallel |
 //! | [`adamw_step`] | ~15 tensor ops per parameter | one pass over (w, g, m, v) |
+//! | [`super::fused_linear`] | burn's `Linear` (a GEMM per batch entry, zeroed-then-copied outputs, separate bias pass) | one GEMM over all rows into the bias; transposed weights read through strides |
 //!
 //! `SELFSUP_NO_FUSED=1` (or a comma-separated list of [`KERNELS`]) turns kernels off, for
 //! before/after benchmarks; `tests/nn_fused.rs` checks each against the ops it replaces.
@@ -95,8 +96,9 @@ pub fn causal_self_attention_reference(qkv: Tensor<3>, n_heads: usize) -> Tensor
 }
 
 /// The kernels, by the names `SELFSUP_NO_FUSED` takes.
-pub const KERNELS: [&str; 6] = [
+pub const KERNELS: [&str; 7] = [
     "attention",
+    "linear",
     "conv",
     "batchnorm",
     "layernorm",
@@ -118,7 +120,7 @@ fn disabled(kernel: &str) -> bool {
 
 /// A fused kernel serves f32 tensors on the Flex device (plain or autodiff) unless
 /// `SELFSUP_NO_FUSED` turns it off.
-fn fused_available<const D: usize>(kernel: &str, x: &Tensor<D>) -> bool {
+pub(super) fn fused_available<const D: usize>(kernel: &str, x: &Tensor<D>) -> bool {
     !disabled(kernel)
         && x.dtype() == DType::F32
         && matches!(
@@ -438,7 +440,7 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
-fn f32_slice(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+pub(super) fn f32_slice(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => std::borrow::Cow::Owned(

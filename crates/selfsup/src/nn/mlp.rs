@@ -1,6 +1,7 @@
 //! MLP heads: SimCLR's projection head g (Chen et al. 2020, §2.1) and, later, BYOL's predictor.
 
 use super::batchnorm::BatchNorm;
+use crate::nn::fused_linear::linear as fused_linear;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
@@ -31,11 +32,11 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let h = self.fc1.forward(x);
+        let h = fused_linear(&self.fc1, x);
         let h = match &self.bn {
             Some(bn) => bn.forward_relu(h),
             None => relu(h),
         };
-        self.fc2.forward(h)
+        fused_linear(&self.fc2, h)
     }
 }

@@ -5,6 +5,7 @@
 //! "Attention Is All You Need"; LayerNorm is Ba et al. 2016; GELU (exact erf form) is Hendrycks &
 //! Gimpel 2016.
 
+use crate::nn::fused_linear::linear as fused_linear;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
@@ -68,10 +69,10 @@ pub struct FeedForward {
 
 impl FeedForward {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let h = self.fc.forward(x);
+        let h = fused_linear(&self.fc, x);
         // One vectorized pass forward and backward on the CPU backend (`nn::fused`).
         let h = super::fused::gelu(h.clone()).unwrap_or_else(|| gelu(h));
-        self.dropout.forward(self.proj.forward(h))
+        self.dropout.forward(fused_linear(&self.proj, h))
     }
 }
 
@@ -228,11 +229,12 @@ impl CausalSelfAttention {
         want_probs: bool,
     ) -> (Tensor<3>, Option<Tensor<4>>) {
         let [_, t, d] = x.dims();
-        let qkv = self.c_attn.forward(x);
+        let qkv = fused_linear(&self.c_attn, x);
         if cache.is_none() && !want_probs && self.attn_dropout.prob == 0.0 {
             let context = super::fused::causal_self_attention(qkv, self.n_heads);
             return (
-                self.resid_dropout.forward(self.c_proj.forward(context)),
+                self.resid_dropout
+                    .forward(fused_linear(&self.c_proj, context)),
                 None,
             );
         }
@@ -247,7 +249,7 @@ impl CausalSelfAttention {
         // A single new query sees every cached key: no mask needed.
         let mask = (t > 1).then(|| causal_mask(t, t_k, &q.device()));
         let (context, probs) = attention(q, k, v, mask, &self.attn_dropout);
-        let y = self.c_proj.forward(merge_heads(context));
+        let y = fused_linear(&self.c_proj, merge_heads(context));
         (self.resid_dropout.forward(y), want_probs.then_some(probs))
     }
 }

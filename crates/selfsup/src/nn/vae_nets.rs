@@ -7,6 +7,7 @@
 //! H and W), a final 3×3 convolution to the image channels, and a crop to the input size when
 //! the halvings rounded up (28 → 14 → 7 → 4 decodes to 32 and is cropped back to 28).
 
+use crate::nn::fused_linear::linear as fused_linear;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -76,8 +77,8 @@ impl VaeEncoder {
             x = relu(super::fused::conv2d(conv, x));
         }
         let [n, c, h, w] = x.dims();
-        let hidden = relu(self.fc.forward(x.reshape([n, c * h * w])));
-        let out = self.head.forward(hidden);
+        let hidden = relu(fused_linear(&self.fc, x.reshape([n, c * h * w])));
+        let out = fused_linear(&self.head, hidden);
         let mu = out.clone().narrow(1, 0, self.latent);
         let logvar = out.narrow(1, self.latent, self.latent);
         (mu, logvar)
@@ -125,8 +126,8 @@ impl VaeDecoder {
     /// Bernoulli logits (or, through a sigmoid, the Gaussian mean) of every pixel.
     pub fn forward(&self, z: Tensor<2>) -> Tensor<4> {
         let [n, _] = z.dims();
-        let h = relu(self.fc.forward(z));
-        let h = relu(self.fc_up.forward(h));
+        let h = relu(fused_linear(&self.fc, z));
+        let h = relu(fused_linear(&self.fc_up, h));
         let [c0, h0, w0] = self.start;
         let mut x = h.reshape([n, c0, h0, w0]);
         for deconv in &self.deconvs {

@@ -1,0 +1,354 @@
+//! Fused linear layer (issue 6): `x · W + b` as ONE row-major GEMM over all leading dimensions,
+//! on the Flex (CPU) backend with a hand-written backward.
+//!
+//! burn's `Linear` on a `[B, T, K]` input runs B separate `[T, K] · [K, N]` GEMMs (each packing W
+//! again), allocates every output as zeroed bytes that are then copied into an aligned buffer, and
+//! adds the bias in another pass; its backward does the same for `dY · Wᵀ`. Here the leading
+//! dimensions fold into the rows, the output starts as the bias rows (or uninitialized) and the
+//! GEMM accumulates into it, and the weight's transpose is read through strides, never copied.
+//! The tied LM head (`x · Eᵀ` with the embedding `E` `[N, K]`) is the same op with `transposed`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Backend, Flex};
+use burn::nn::Linear;
+use burn::tensor::{Shape, Tensor, TensorData};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::fused::{f32_slice, fused_available};
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedLinearOps: Backend {
+    /// `x` `[…, K]` · `weight` `[K, N]` `+ bias` `[N]` → `[…, N]`.
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `x` `[…, K]` · `weight` (`[K, N]`, or `[N, K]` read as its transpose when `transposed`)
+    /// → `[…, N]`, without bias.
+    fn linear_nobias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        transposed: bool,
+    ) -> FloatTensor<Self>;
+}
+
+/// `layer.forward(x)`: the fused kernel on the CPU backend (f32), burn's `Linear` elsewhere.
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    if !fused_available("linear", &x) {
+        return layer.forward(x);
+    }
+    let (x, w) = (x.into_dispatch(), layer.weight.val().into_dispatch());
+    Tensor::from_dispatch(match &layer.bias {
+        Some(b) => {
+            <burn::backend::Dispatch as FusedLinearOps>::linear(x, w, b.val().into_dispatch())
+        }
+        None => <burn::backend::Dispatch as FusedLinearOps>::linear_nobias(x, w, false),
+    })
+}
+
+/// `x` `[…, K]` · `weightᵀ` for a `weight` `[N, K]` (a tied output head) → `[…, N]`.
+pub fn linear_transposed<const D: usize>(x: Tensor<D>, weight: Tensor<2>) -> Tensor<D> {
+    if !fused_available("linear", &x) {
+        return x.matmul(weight.transpose().unsqueeze());
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedLinearOps>::linear_nobias(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        true,
+    ))
+}
+
+impl FusedLinearOps for Flex {
+    fn linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        forward(&x, &weight, Some(&bias), false)
+    }
+
+    fn linear_nobias(x: FlexTensor, weight: FlexTensor, transposed: bool) -> FlexTensor {
+        forward(&x, &weight, None, transposed)
+    }
+}
+
+impl<C: CheckpointStrategy> FusedLinearOps for Autodiff<Flex, C> {
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let b = bias.primitive().clone();
+        match LinearBackward::<3>
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
+                let y = forward(&xp, &wp, Some(&b), false);
+                prep.finish((xp, wp, false), y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(forward(x.primitive(), weight.primitive(), Some(&b), false))
+            }
+        }
+    }
+
+    fn linear_nobias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        transposed: bool,
+    ) -> FloatTensor<Self> {
+        match LinearBackward::<2>
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
+                let y = forward(&xp, &wp, None, transposed);
+                prep.finish((xp, wp, transposed), y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(forward(x.primitive(), weight.primitive(), None, transposed))
+            }
+        }
+    }
+}
+
+/// Backward of both ops; parents (x, weight[, bias]).
+#[derive(Debug)]
+struct LinearBackward<const N: usize>;
+
+impl<const N: usize> Backward<Flex, N> for LinearBackward<N> {
+    /// x, weight, transposed.
+    type State = (FlexTensor, FlexTensor, bool);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, N>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x, w, transposed) = ops.state;
+        let g = Geom::of(&x, &w, transposed);
+        let dy = f32_slice(&grad);
+        if let Some(node) = &ops.parents[0] {
+            grads.register::<Flex>(node.id, backward_x(&dy, &w, g, &x));
+        }
+        if let Some(node) = &ops.parents[1] {
+            grads.register::<Flex>(node.id, backward_w(&dy, &x, g, &w));
+        }
+        if let Some(node) = ops.parents.get(2).and_then(|p| p.as_ref()) {
+            grads.register::<Flex>(node.id, backward_b(&dy, g));
+        }
+    }
+}
+
+/// Sizes: `m` rows (all leading dimensions), `k` input and `n` output features.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    m: usize,
+    k: usize,
+    n: usize,
+    transposed: bool,
+}
+
+impl Geom {
+    fn of(x: &FlexTensor, w: &FlexTensor, transposed: bool) -> Self {
+        let (xs, ws) = (x.layout().shape(), w.layout().shape());
+        let k = xs[xs.num_dims() - 1];
+        assert_eq!(ws.num_dims(), 2, "fused linear: the weight must be 2-D");
+        let (wk, n) = if transposed {
+            (ws[1], ws[0])
+        } else {
+            (ws[0], ws[1])
+        };
+        assert_eq!(
+            k, wk,
+            "fused linear: input width {k} does not match the weight {ws:?}"
+        );
+        Self {
+            m: xs.num_elements() / k.max(1),
+            k,
+            n,
+            transposed,
+        }
+    }
+
+    /// The weight as a `k × n` matrix: (row stride, column stride).
+    fn w_kn(&self) -> (usize, usize) {
+        if self.transposed {
+            (1, self.k)
+        } else {
+            (self.n, 1)
+        }
+    }
+}
+
+/// Below this many multiply-adds one thread does the GEMM (burn's threshold, 192³).
+const PARALLEL_MACS: usize = 192 * 192 * 192;
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` (accumulating when `accumulate`), matrices given by
+/// (pointer, row stride, column stride); parallel over the cores when large.
+///
+/// # Safety
+/// The pointers with their strides must address valid memory, `dst` not overlapping the others;
+/// with `accumulate` false `dst` may be uninitialized (the GEMM only writes it).
+unsafe fn gemm_rm(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    accumulate: bool,
+) {
+    let par = if m * n * k >= PARALLEL_MACS {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2 as isize,
+        dst.1 as isize,
+        accumulate,
+        lhs.0,
+        lhs.2 as isize,
+        lhs.1 as isize,
+        rhs.0,
+        rhs.2 as isize,
+        rhs.1 as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
+/// A `len`-element buffer the caller's GEMM fills completely (without reading it) before use.
+fn gemm_output(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut out = Vec::<f32>::with_capacity(len);
+    fill(out.as_mut_ptr());
+    // SAFETY: `fill` ran a non-accumulating GEMM that wrote all `len` elements.
+    unsafe { out.set_len(len) };
+    out
+}
+
+fn to_flex(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn forward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    transposed: bool,
+) -> FlexTensor {
+    let g = Geom::of(x, w, transposed);
+    let (xs, ws) = (f32_slice(x), f32_slice(w));
+    let mut shape = x.layout().shape().clone();
+    let last = shape.num_dims() - 1;
+    shape[last] = g.n;
+    let lhs = (xs.as_ptr(), g.k, 1);
+    let (rs, cs) = g.w_kn();
+    let rhs = (ws.as_ptr(), rs, cs);
+    let out = match bias {
+        Some(bias) => {
+            let b = f32_slice(bias);
+            assert_eq!(b.len(), g.n, "fused linear: bias length");
+            let mut out: Vec<f32> = Vec::with_capacity(g.m * g.n);
+            for _ in 0..g.m {
+                out.extend_from_slice(&b);
+            }
+            // SAFETY: shapes checked above; out is m×n, row-major.
+            unsafe { gemm_rm((g.m, g.n, g.k), (out.as_mut_ptr(), g.n, 1), lhs, rhs, true) };
+            out
+        }
+        // SAFETY: as above; the GEMM writes every element of the fresh buffer.
+        None => gemm_output(g.m * g.n, |p| unsafe {
+            gemm_rm((g.m, g.n, g.k), (p, g.n, 1), lhs, rhs, false)
+        }),
+    };
+    to_flex(out, shape)
+}
+
+/// `dX = dY · Wᵀ` in x's shape.
+fn backward_x(dy: &[f32], w: &FlexTensor, g: Geom, x: &FlexTensor) -> FlexTensor {
+    let ws = f32_slice(w);
+    let (rs, cs) = g.w_kn();
+    // Wᵀ as an n × k matrix swaps the strides.
+    let rhs = (ws.as_ptr(), cs, rs);
+    // SAFETY: dY is m×n row-major, W holds k·n values, dX is m×k.
+    let dx = gemm_output(g.m * g.k, |p| unsafe {
+        gemm_rm(
+            (g.m, g.k, g.n),
+            (p, g.k, 1),
+            (dy.as_ptr(), g.n, 1),
+            rhs,
+            false,
+        )
+    });
+    to_flex(dx, x.layout().shape().clone())
+}
+
+/// `dW = xᵀ · dY` (`[K, N]`), or `dYᵀ · x` (`[N, K]`) for a transposed weight.
+fn backward_w(dy: &[f32], x: &FlexTensor, g: Geom, w: &FlexTensor) -> FlexTensor {
+    let xs = f32_slice(x);
+    let dw = if g.transposed {
+        // SAFETY: dYᵀ is n×m (strides 1, n), x is m×k row-major, dW is n×k.
+        gemm_output(g.n * g.k, |p| unsafe {
+            gemm_rm(
+                (g.n, g.k, g.m),
+                (p, g.k, 1),
+                (dy.as_ptr(), 1, g.n),
+                (xs.as_ptr(), g.k, 1),
+                false,
+            )
+        })
+    } else {
+        // SAFETY: xᵀ is k×m (strides 1, k), dY is m×n row-major, dW is k×n.
+        gemm_output(g.k * g.n, |p| unsafe {
+            gemm_rm(
+                (g.k, g.n, g.m),
+                (p, g.n, 1),
+                (xs.as_ptr(), 1, g.k),
+                (dy.as_ptr(), g.n, 1),
+                false,
+            )
+        })
+    };
+    to_flex(dw, w.layout().shape().clone())
+}
+
+/// Output columns per parallel task of the bias gradient.
+const BIAS_COLUMNS: usize = 64;
+
+/// `db = Σ_rows dY`; each column is summed by one task in row order, so the result does not
+/// depend on the thread schedule.
+fn backward_b(dy: &[f32], g: Geom) -> FlexTensor {
+    let mut db = vec![0.0f32; g.n];
+    db.par_chunks_mut(BIAS_COLUMNS)
+        .enumerate()
+        .for_each(|(c, acc)| {
+            let c0 = c * BIAS_COLUMNS;
+            let width = acc.len();
+            for row in dy.chunks_exact(g.n) {
+                for (a, v) in acc.iter_mut().zip(&row[c0..c0 + width]) {
+                    *a += v;
+                }
+            }
+        });
+    to_flex(db, Shape::new([g.n]))
+}
