@@ -404,6 +404,55 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     }
 }
 
+/// Runs `f` inside a function compiled for AVX-512 (x86-64-v4), or else AVX2 + FMA, when this
+/// CPU has it, so the element-wise loops inlined into it use 16- (8-) wide vectors and
+/// `floor`/`sqrt` become instructions, not libm calls; plainly otherwise. The crate itself is
+/// built for baseline x86-64 (SSE2), so that one binary runs everywhere. Results are the same on
+/// every path: vectorizing element-wise loops neither reassociates sums nor contracts `a·b + c`
+/// into FMAs (sums go through [`lane_sum`]'s fixed lanes).
+#[inline(always)]
+pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static LEVEL: OnceLock<u8> = OnceLock::new();
+        let level = *LEVEL.get_or_init(|| {
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512dq")
+                && std::is_x86_feature_detected!("fma")
+            {
+                2
+            } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            {
+                1
+            } else {
+                0
+            }
+        });
+        // SAFETY: the CPU has the features the functions are compiled for.
+        match level {
+            2 => return unsafe { with_avx512(f) },
+            1 => return unsafe { with_avx2(f) },
+            _ => {}
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi1,bmi2,lzcnt")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// Sizes of one call: batch, positions, heads, head width, model width.
 #[derive(Clone, Copy)]
 struct Dims {
@@ -492,6 +541,18 @@ unsafe fn matmul(
     );
 }
 
+/// Query rows per block of the attention kernels: block `[r0, r1)` needs keys `0..r1` only, so
+/// the masked upper triangle beyond each diagonal block is never computed (≈ 60% of the
+/// full products at T = 128).
+const ATTN_BLOCK: usize = 32;
+
+/// The query blocks `(r0, r1)` of `t` positions.
+fn attn_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(ATTN_BLOCK)
+        .map(move |r0| (r0, (r0 + ATTN_BLOCK).min(t)))
+}
+
 /// Forward: (context `[B, T, D]`, probabilities `[B, H, T, T]`).
 fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTensor) {
     let Dims { b, t, h, dh, d } = Dims::of(qkv, n_heads);
@@ -506,38 +567,43 @@ fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTenso
         let base = bi * t * 3 * d + hi * dh;
         let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
         let out_ptr = out_ptr;
-        unsafe {
-            // S = scale · Q Kᵀ  (Kᵀ read through strides)
-            matmul(
-                (t, t, dh),
-                (p.as_mut_ptr(), t, 1),
-                (q.as_ptr(), 3 * d, 1),
-                (k.as_ptr(), 1, 3 * d),
-                scale,
-            );
-        }
-        // causal mask + softmax, one row at a time; masked entries are exactly 0
-        for i in 0..t {
-            let row = &mut p[i * t..(i + 1) * t];
-            let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for s in &mut row[..=i] {
-                *s = (*s - max).exp();
-                sum += *s;
+        for (r0, r1) in attn_blocks(t) {
+            unsafe {
+                // S[r0..r1, ..r1] = scale · Q[r0..r1] K[..r1]ᵀ  (Kᵀ read through strides)
+                matmul(
+                    (r1 - r0, r1, dh),
+                    (p.as_mut_ptr().add(r0 * t), t, 1),
+                    (q.as_ptr().add(r0 * 3 * d), 3 * d, 1),
+                    (k.as_ptr(), 1, 3 * d),
+                    scale,
+                );
             }
-            let inv = 1.0 / sum;
-            row[..=i].iter_mut().for_each(|s| *s *= inv);
-            row[i + 1..].iter_mut().for_each(|s| *s = 0.0);
-        }
-        unsafe {
-            // O = P V, written into this head's columns of the output
-            matmul(
-                (t, dh, t),
-                (out_ptr.0.add(bi * t * d + hi * dh), d, 1),
-                (p.as_ptr(), t, 1),
-                (v.as_ptr(), 3 * d, 1),
-                1.0,
+            // causal mask + softmax, one row at a time; masked entries are exactly 0
+            simd(
+                #[inline(always)]
+                || {
+                    for i in r0..r1 {
+                        let row = &mut p[i * t..(i + 1) * t];
+                        let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        for s in &mut row[..=i] {
+                            *s = fast_exp(*s - max);
+                        }
+                        let inv = 1.0 / lane_sum(i + 1, |j| row[j]);
+                        row[..=i].iter_mut().for_each(|s| *s *= inv);
+                        row[i + 1..].iter_mut().for_each(|s| *s = 0.0);
+                    }
+                },
             );
+            unsafe {
+                // O[r0..r1] = P[r0..r1, ..r1] V[..r1], into this head's columns of the output
+                matmul(
+                    (r1 - r0, dh, r1),
+                    (out_ptr.0.add(bi * t * d + r0 * d + hi * dh), d, 1),
+                    (p.as_ptr().add(r0 * t), t, 1),
+                    (v.as_ptr(), 3 * d, 1),
+                    1.0,
+                );
+            }
         }
     });
     (
@@ -570,52 +636,64 @@ fn attention_backward(
             let p = &p_all[bh * t * t..(bh + 1) * t * t];
             let go = &g[bi * t * d + hi * dh..];
             let dx_ptr = dx_ptr;
-            unsafe {
-                let dbase = dx_ptr.0.add(base);
-                // dV = Pᵀ dO
-                matmul(
-                    (t, dh, t),
-                    (dbase.add(2 * d), 3 * d, 1),
-                    (p.as_ptr(), 1, t),
-                    (go.as_ptr(), d, 1),
-                    1.0,
-                );
-                // dP = dO Vᵀ
-                matmul(
-                    (t, t, dh),
-                    (ds.as_mut_ptr(), t, 1),
-                    (go.as_ptr(), d, 1),
-                    (v.as_ptr(), 1, 3 * d),
-                    1.0,
-                );
-            }
-            // dS = P ∘ (dP − Σⱼ P dP), row by row (zero where masked since P is)
-            for i in 0..t {
-                let (pr, dr) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
-                let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
-                for (dsv, pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
-                    *dsv = pv * (*dsv - dot);
+            let dbase = unsafe { dx_ptr.0.add(base) };
+            // Pass 1, per query block: dP = dO Vᵀ (keys ..r1), then dS = P ∘ (dP − Σⱼ P dP)
+            // row by row, zero where masked (P is); rows of `ds` past the block's keys keep
+            // stale values that the products below never read.
+            for (r0, r1) in attn_blocks(t) {
+                unsafe {
+                    matmul(
+                        (r1 - r0, r1, dh),
+                        (ds.as_mut_ptr().add(r0 * t), t, 1),
+                        (go.as_ptr().add(r0 * d), d, 1),
+                        (v.as_ptr(), 1, 3 * d),
+                        1.0,
+                    );
                 }
-                dr[i + 1..].iter_mut().for_each(|s| *s = 0.0);
+                simd(
+                    #[inline(always)]
+                    || {
+                        for i in r0..r1 {
+                            let (pr, dr) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
+                            let dot = lane_sum(i + 1, |j| pr[j] * dr[j]);
+                            for (dsv, pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+                                *dsv = pv * (*dsv - dot);
+                            }
+                            dr[i + 1..r1].iter_mut().for_each(|s| *s = 0.0);
+                        }
+                    },
+                );
+                unsafe {
+                    // dQ[r0..r1] = scale · dS[r0..r1, ..r1] K[..r1]
+                    matmul(
+                        (r1 - r0, dh, r1),
+                        (dbase.add(r0 * 3 * d), 3 * d, 1),
+                        (ds.as_ptr().add(r0 * t), t, 1),
+                        (k.as_ptr(), 3 * d, 1),
+                        scale,
+                    );
+                }
             }
-            unsafe {
-                let dbase = dx_ptr.0.add(base);
-                // dQ = scale · dS K
-                matmul(
-                    (t, dh, t),
-                    (dbase, 3 * d, 1),
-                    (ds.as_ptr(), t, 1),
-                    (k.as_ptr(), 3 * d, 1),
-                    scale,
-                );
-                // dK = scale · dSᵀ Q
-                matmul(
-                    (t, dh, t),
-                    (dbase.add(d), 3 * d, 1),
-                    (ds.as_ptr(), 1, t),
-                    (q.as_ptr(), 3 * d, 1),
-                    scale,
-                );
+            // Pass 2, per key block [c0, c1): only queries i ≥ c0 attend to it.
+            for (c0, c1) in attn_blocks(t) {
+                unsafe {
+                    // dV[c0..c1] = P[c0.., c0..c1]ᵀ dO[c0..]
+                    matmul(
+                        (c1 - c0, dh, t - c0),
+                        (dbase.add(2 * d + c0 * 3 * d), 3 * d, 1),
+                        (p.as_ptr().add(c0 * t + c0), 1, t),
+                        (go.as_ptr().add(c0 * d), d, 1),
+                        1.0,
+                    );
+                    // dK[c0..c1] = scale · dS[c0.., c0..c1]ᵀ Q[c0..]
+                    matmul(
+                        (c1 - c0, dh, t - c0),
+                        (dbase.add(d + c0 * 3 * d), 3 * d, 1),
+                        (ds.as_ptr().add(c0 * t + c0), 1, t),
+                        (q.as_ptr().add(c0 * 3 * d), 3 * d, 1),
+                        scale,
+                    );
+                }
             }
         },
     );
@@ -1071,40 +1149,46 @@ fn bn_forward(
     let stats: Vec<(f32, f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let out_ptr = out_ptr;
-            let plane = |i: usize| &xs[(i * c + ch) * s..][..s];
-            let sum: f64 = (0..n)
-                .map(|i| {
-                    let p = plane(i);
-                    lane_sum(s, |j| p[j]) as f64
-                })
-                .sum();
-            let mean = sum / count;
-            let m32 = mean as f32;
-            let sq: f64 = (0..n)
-                .map(|i| {
-                    let p = plane(i);
-                    lane_sum(s, |j| (p[j] - m32) * (p[j] - m32)) as f64
-                })
-                .sum();
-            let var = sq / count;
-            let inv_std = (1.0 / (var + eps).sqrt()) as f32;
-            let (scale, shift) = (gs[ch] * inv_std, bs[ch]);
-            for i in 0..n {
-                let p = plane(i);
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((i * c + ch) * s), s) };
-                if relu {
-                    for (y, &v) in o.iter_mut().zip(p) {
-                        *y = ((v - m32) * scale + shift).max(0.0);
+            simd(
+                #[inline(always)]
+                || {
+                    let out_ptr = out_ptr;
+                    let plane = |i: usize| &xs[(i * c + ch) * s..][..s];
+                    let sum: f64 = (0..n)
+                        .map(|i| {
+                            let p = plane(i);
+                            lane_sum(s, |j| p[j]) as f64
+                        })
+                        .sum();
+                    let mean = sum / count;
+                    let m32 = mean as f32;
+                    let sq: f64 = (0..n)
+                        .map(|i| {
+                            let p = plane(i);
+                            lane_sum(s, |j| (p[j] - m32) * (p[j] - m32)) as f64
+                        })
+                        .sum();
+                    let var = sq / count;
+                    let inv_std = (1.0 / (var + eps).sqrt()) as f32;
+                    let (scale, shift) = (gs[ch] * inv_std, bs[ch]);
+                    for i in 0..n {
+                        let p = plane(i);
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(out_ptr.0.add((i * c + ch) * s), s)
+                        };
+                        if relu {
+                            for (y, &v) in o.iter_mut().zip(p) {
+                                *y = ((v - m32) * scale + shift).max(0.0);
+                            }
+                        } else {
+                            for (y, &v) in o.iter_mut().zip(p) {
+                                *y = (v - m32) * scale + shift;
+                            }
+                        }
                     }
-                } else {
-                    for (y, &v) in o.iter_mut().zip(p) {
-                        *y = (v - m32) * scale + shift;
-                    }
-                }
-            }
-            (m32, var as f32, inv_std)
+                    (m32, var as f32, inv_std)
+                },
+            )
         })
         .collect();
     let shape = x.layout().shape().clone();
@@ -1146,33 +1230,40 @@ fn bn_backward(
     let sums: Vec<(f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let dx_ptr = dx_ptr;
-            let (mean, inv_std) = (ms[ch], fwd.inv_std[ch]);
-            let range = |i: usize| (i * c + ch) * s..(i * c + ch + 1) * s;
-            // g = dy, masked by the ReLU (a select, so the loops stay vectorizable)
-            let planes = |i: usize| {
-                let r = range(i);
-                (&xs[r.clone()], &ys[r.clone()], &dys[r])
-            };
-            let g = |y: f32, dy: f32| if relu && y <= 0.0 { 0.0 } else { dy };
-            let (mut dbeta, mut dxm) = (0.0f64, 0.0f64);
-            for i in 0..n {
-                let (xp, yp, dyp) = planes(i);
-                dbeta += lane_sum(s, |j| g(yp[j], dyp[j])) as f64;
-                dxm += lane_sum(s, |j| g(yp[j], dyp[j]) * (xp[j] - mean)) as f64;
-            }
-            let dgamma = (dxm as f32) * inv_std;
-            let dbeta = dbeta as f32;
-            let k = gs[ch] * inv_std;
-            let (mb, mg) = (dbeta / count, dgamma / count * inv_std);
-            for i in 0..n {
-                let (xp, yp, dyp) = planes(i);
-                let o = unsafe { std::slice::from_raw_parts_mut(dx_ptr.0.add(range(i).start), s) };
-                for j in 0..s {
-                    o[j] = k * (g(yp[j], dyp[j]) - mb - (xp[j] - mean) * mg);
-                }
-            }
-            (dgamma, dbeta)
+            simd(
+                #[inline(always)]
+                || {
+                    let dx_ptr = dx_ptr;
+                    let (mean, inv_std) = (ms[ch], fwd.inv_std[ch]);
+                    let range = |i: usize| (i * c + ch) * s..(i * c + ch + 1) * s;
+                    // g = dy, masked by the ReLU (a select, so the loops stay vectorizable)
+                    let planes = |i: usize| {
+                        let r = range(i);
+                        (&xs[r.clone()], &ys[r.clone()], &dys[r])
+                    };
+                    let g = |y: f32, dy: f32| if relu && y <= 0.0 { 0.0 } else { dy };
+                    let (mut dbeta, mut dxm) = (0.0f64, 0.0f64);
+                    for i in 0..n {
+                        let (xp, yp, dyp) = planes(i);
+                        dbeta += lane_sum(s, |j| g(yp[j], dyp[j])) as f64;
+                        dxm += lane_sum(s, |j| g(yp[j], dyp[j]) * (xp[j] - mean)) as f64;
+                    }
+                    let dgamma = (dxm as f32) * inv_std;
+                    let dbeta = dbeta as f32;
+                    let k = gs[ch] * inv_std;
+                    let (mb, mg) = (dbeta / count, dgamma / count * inv_std);
+                    for i in 0..n {
+                        let (xp, yp, dyp) = planes(i);
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(dx_ptr.0.add(range(i).start), s)
+                        };
+                        for j in 0..s {
+                            o[j] = k * (g(yp[j], dyp[j]) - mb - (xp[j] - mean) * mg);
+                        }
+                    }
+                    (dgamma, dbeta)
+                },
+            )
         })
         .collect();
     let shape = x.layout().shape().clone();
@@ -1233,16 +1324,21 @@ fn ln_forward(
         .zip(stats.par_chunks_mut(LN_ROWS))
         .enumerate()
         .for_each(|(blk, (o, st))| {
-            for (r, (orow, stat)) in o.chunks_mut(d).zip(st.iter_mut()).enumerate() {
-                let xr = &xs[(blk * LN_ROWS + r) * d..][..d];
-                let mean = lane_sum(d, |j| xr[j]) / d as f32;
-                let var = lane_sum(d, |j| (xr[j] - mean) * (xr[j] - mean)) / d as f32;
-                let rstd = 1.0 / (var + eps as f32).sqrt();
-                for j in 0..d {
-                    orow[j] = (xr[j] - mean) * rstd * ws[j] + bs[j];
-                }
-                *stat = (mean, rstd);
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (r, (orow, stat)) in o.chunks_mut(d).zip(st.iter_mut()).enumerate() {
+                        let xr = &xs[(blk * LN_ROWS + r) * d..][..d];
+                        let mean = lane_sum(d, |j| xr[j]) / d as f32;
+                        let var = lane_sum(d, |j| (xr[j] - mean) * (xr[j] - mean)) / d as f32;
+                        let rstd = 1.0 / (var + eps as f32).sqrt();
+                        for j in 0..d {
+                            orow[j] = (xr[j] - mean) * rstd * ws[j] + bs[j];
+                        }
+                        *stat = (mean, rstd);
+                    }
+                },
+            )
         });
     (FlexTensor::from_data(TensorData::new(out, shape)), stats)
 }
@@ -1267,23 +1363,29 @@ fn ln_backward(
         .par_chunks_mut(LN_ROWS * d.max(1))
         .enumerate()
         .map(|(blk, o)| {
-            let (mut dw, mut db, mut xhat) = (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; d]);
-            for (r, orow) in o.chunks_mut(d).enumerate() {
-                let row = blk * LN_ROWS + r;
-                let (mean, rstd) = stats[row];
-                let (xr, gr) = (&xs[row * d..][..d], &gs[row * d..][..d]);
-                for j in 0..d {
-                    xhat[j] = (xr[j] - mean) * rstd;
-                    dw[j] += gr[j] * xhat[j];
-                    db[j] += gr[j];
-                }
-                let mg = lane_sum(d, |j| gr[j] * ws[j]) / d as f32;
-                let mgx = lane_sum(d, |j| gr[j] * ws[j] * xhat[j]) / d as f32;
-                for j in 0..d {
-                    orow[j] = rstd * (gr[j] * ws[j] - mg - xhat[j] * mgx);
-                }
-            }
-            (dw, db)
+            simd(
+                #[inline(always)]
+                || {
+                    let (mut dw, mut db, mut xhat) =
+                        (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; d]);
+                    for (r, orow) in o.chunks_mut(d).enumerate() {
+                        let row = blk * LN_ROWS + r;
+                        let (mean, rstd) = stats[row];
+                        let (xr, gr) = (&xs[row * d..][..d], &gs[row * d..][..d]);
+                        for j in 0..d {
+                            xhat[j] = (xr[j] - mean) * rstd;
+                            dw[j] += gr[j] * xhat[j];
+                            db[j] += gr[j];
+                        }
+                        let mg = lane_sum(d, |j| gr[j] * ws[j]) / d as f32;
+                        let mgx = lane_sum(d, |j| gr[j] * ws[j] * xhat[j]) / d as f32;
+                        for j in 0..d {
+                            orow[j] = rstd * (gr[j] * ws[j] - mg - xhat[j] * mgx);
+                        }
+                    }
+                    (dw, db)
+                },
+            )
         })
         .collect();
     let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
@@ -1360,9 +1462,14 @@ fn gelu_forward(x: &FlexTensor) -> FlexTensor {
     out.par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(xs.par_chunks(ELEMENTWISE_CHUNK))
         .for_each(|(o, x)| {
-            for (y, &v) in o.iter_mut().zip(x) {
-                *y = 0.5 * v * (1.0 + fast_erf(v * std::f32::consts::FRAC_1_SQRT_2));
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (y, &v) in o.iter_mut().zip(x) {
+                        *y = 0.5 * v * (1.0 + fast_erf(v * std::f32::consts::FRAC_1_SQRT_2));
+                    }
+                },
+            )
         });
     FlexTensor::from_data(TensorData::new(out, shape))
 }
@@ -1377,11 +1484,16 @@ fn gelu_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
         .zip(xs.par_chunks(ELEMENTWISE_CHUNK))
         .zip(gs.par_chunks(ELEMENTWISE_CHUNK))
         .for_each(|((o, x), g)| {
-            for ((d, &v), &gv) in o.iter_mut().zip(x).zip(g) {
-                let cdf = 0.5 * (1.0 + fast_erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = inv_sqrt_2pi * fast_exp(-0.5 * v * v);
-                *d = gv * (cdf + v * pdf);
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for ((d, &v), &gv) in o.iter_mut().zip(x).zip(g) {
+                        let cdf = 0.5 * (1.0 + fast_erf(v * std::f32::consts::FRAC_1_SQRT_2));
+                        let pdf = inv_sqrt_2pi * fast_exp(-0.5 * v * v);
+                        *d = gv * (cdf + v * pdf);
+                    }
+                },
+            )
         });
     FlexTensor::from_data(TensorData::new(out, shape))
 }
@@ -1438,16 +1550,21 @@ impl FusedOptimOps for Flex {
             .zip(vo.par_chunks_mut(ELEMENTWISE_CHUNK))
             .enumerate()
             .for_each(|(c, ((po, mo), vo))| {
-                let r = c * ELEMENTWISE_CHUNK..c * ELEMENTWISE_CHUNK + po.len();
-                let (p, g, m, v) = (&p[r.clone()], &g[r.clone()], &m[r.clone()], &v[r]);
-                for i in 0..po.len() {
-                    let m1 = m[i] * beta_1 + g[i] * f1;
-                    let m2 = v[i] * beta_2 + g[i] * g[i] * f2;
-                    let update = (m1 / c1) / ((m2 / c2).sqrt() + epsilon);
-                    po[i] = p[i] * decay - update * lr;
-                    mo[i] = m1;
-                    vo[i] = m2;
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        let r = c * ELEMENTWISE_CHUNK..c * ELEMENTWISE_CHUNK + po.len();
+                        let (p, g, m, v) = (&p[r.clone()], &g[r.clone()], &m[r.clone()], &v[r]);
+                        for i in 0..po.len() {
+                            let m1 = m[i] * beta_1 + g[i] * f1;
+                            let m2 = v[i] * beta_2 + g[i] * g[i] * f2;
+                            let update = (m1 / c1) / ((m2 / c2).sqrt() + epsilon);
+                            po[i] = p[i] * decay - update * lr;
+                            mo[i] = m1;
+                            vo[i] = m2;
+                        }
+                    },
+                )
             });
         let t = |v: Vec<f32>| FlexTensor::from_data(TensorData::new(v, shape.clone()));
         (t(po), t(mo), t(vo))

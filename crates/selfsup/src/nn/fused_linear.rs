@@ -21,7 +21,7 @@ use burn::tensor::{Shape, Tensor, TensorData};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::fused::{f32_slice, fused_available};
+use super::fused::{f32_slice, fused_available, simd};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedLinearOps: Backend {
@@ -342,13 +342,18 @@ fn backward_b(dy: &[f32], g: Geom) -> FlexTensor {
     db.par_chunks_mut(BIAS_COLUMNS)
         .enumerate()
         .for_each(|(c, acc)| {
-            let c0 = c * BIAS_COLUMNS;
-            let width = acc.len();
-            for row in dy.chunks_exact(g.n) {
-                for (a, v) in acc.iter_mut().zip(&row[c0..c0 + width]) {
-                    *a += v;
-                }
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    let c0 = c * BIAS_COLUMNS;
+                    let width = acc.len();
+                    for row in dy.chunks_exact(g.n) {
+                        for (a, v) in acc.iter_mut().zip(&row[c0..c0 + width]) {
+                            *a += v;
+                        }
+                    }
+                },
+            )
         });
     to_flex(db, Shape::new([g.n]))
 }
