@@ -127,7 +127,7 @@ const CONV_CASES: [ConvCase; 7] = [
     (5, 3, 9, 9, 4, [3, 3], [2, 2], [1, 1], true),
     (2, 4, 5, 8, 3, [1, 1], [2, 2], [0, 0], false),
     (1, 1, 6, 5, 2, [5, 3], [1, 2], [2, 0], true),
-    // 4 output positions per image: 64 images per GEMM, so 70 images = one full + one partial group
+    // 4 output positions per image: 16 images per GEMM, so 70 images = four full + one partial group
     (70, 3, 4, 4, 6, [3, 3], [2, 2], [1, 1], false),
     (2, 3, 4, 4, 2, [3, 3], [1, 1], [0, 0], false),
     (4, 16, 8, 8, 32, [3, 3], [2, 2], [1, 1], false),
