@@ -1156,20 +1156,20 @@ fn bn_forward(
                 || {
                     let out_ptr = out_ptr;
                     let plane = |i: usize| &xs[(i * c + ch) * s..][..s];
-                    let sum: f64 = (0..n)
-                        .map(|i| {
-                            let p = plane(i);
-                            lane_sum(s, |j| p[j]) as f64
-                        })
-                        .sum();
+                    // Plain loops, not iterator sums: `Map::fold` was not inlined into the AVX-512
+                    // function and ran scalar.
+                    let mut sum = 0.0f64;
+                    for i in 0..n {
+                        let p = plane(i);
+                        sum += lane_sum(s, |j| p[j]) as f64;
+                    }
                     let mean = sum / count;
                     let m32 = mean as f32;
-                    let sq: f64 = (0..n)
-                        .map(|i| {
-                            let p = plane(i);
-                            lane_sum(s, |j| (p[j] - m32) * (p[j] - m32)) as f64
-                        })
-                        .sum();
+                    let mut sq = 0.0f64;
+                    for i in 0..n {
+                        let p = plane(i);
+                        sq += lane_sum(s, |j| (p[j] - m32) * (p[j] - m32)) as f64;
+                    }
                     let var = sq / count;
                     let inv_std = (1.0 / (var + eps).sqrt()) as f32;
                     let (scale, shift) = (gs[ch] * inv_std, bs[ch]);
