@@ -95,8 +95,9 @@ pub fn causal_self_attention_reference(qkv: Tensor<3>, n_heads: usize) -> Tensor
     merge_heads(attention(q, k, v, Some(mask), &no_dropout).0)
 }
 
-/// The kernels, by the names `SELFSUP_NO_FUSED` takes.
-pub const KERNELS: [&str; 7] = [
+/// The kernels, by the names `SELFSUP_NO_FUSED` takes (`simd`: the AVX-512/AVX2 code paths of
+/// the element-wise loops, see [`simd`]).
+pub const KERNELS: [&str; 8] = [
     "attention",
     "linear",
     "conv",
@@ -104,6 +105,7 @@ pub const KERNELS: [&str; 7] = [
     "layernorm",
     "gelu",
     "adamw",
+    "simd",
 ];
 
 /// Whether `SELFSUP_NO_FUSED` (read once) turns `kernel` off: `1` or `all` turns every kernel off,
@@ -417,7 +419,9 @@ pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
         use std::sync::OnceLock;
         static LEVEL: OnceLock<u8> = OnceLock::new();
         let level = *LEVEL.get_or_init(|| {
-            if std::is_x86_feature_detected!("avx512f")
+            if disabled("simd") {
+                0
+            } else if std::is_x86_feature_detected!("avx512f")
                 && std::is_x86_feature_detected!("avx512vl")
                 && std::is_x86_feature_detected!("avx512bw")
                 && std::is_x86_feature_detected!("avx512dq")
