@@ -21,7 +21,7 @@ use burn::tensor::{Shape, Tensor, TensorData};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::fused::{f32_slice, fused_available, simd};
+use super::fused::{assume_filled, f32_slice, fused_available, simd, uninit_vec};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedLinearOps: Backend {
@@ -268,10 +268,17 @@ fn forward(
         Some(bias) => {
             let b = f32_slice(bias);
             assert_eq!(b.len(), g.n, "fused linear: bias length");
-            let mut out: Vec<f32> = Vec::with_capacity(g.m * g.n);
-            for _ in 0..g.m {
-                out.extend_from_slice(&b);
-            }
+            // The bias rows, filled in parallel (on one thread this pass left the other idle).
+            let mut out = uninit_vec(g.m * g.n);
+            out.par_chunks_mut(g.n.max(1) * BIAS_ROWS).for_each(|rows| {
+                for row in rows.chunks_mut(g.n.max(1)) {
+                    for (o, &v) in row.iter_mut().zip(b.iter()) {
+                        o.write(v);
+                    }
+                }
+            });
+            // SAFETY: every row of every block was written with the n bias values.
+            let mut out = unsafe { assume_filled(out) };
             // SAFETY: shapes checked above; out is m×n, row-major.
             unsafe { gemm_rm((g.m, g.n, g.k), (out.as_mut_ptr(), g.n, 1), lhs, rhs, true) };
             out
@@ -331,6 +338,9 @@ fn backward_w(dy: &[f32], x: &FlexTensor, g: Geom, w: &FlexTensor) -> FlexTensor
     };
     to_flex(dw, w.layout().shape().clone())
 }
+
+/// Rows per parallel task of the bias fill.
+const BIAS_ROWS: usize = 64;
 
 /// Output columns per parallel task of the bias gradient.
 const BIAS_COLUMNS: usize = 64;
