@@ -578,3 +578,33 @@ fn fused_linear_without_autodiff_and_without_tracked_input() {
         1e-5,
     );
 }
+
+#[test]
+fn fused_cross_entropy_matches_log_softmax_gather_values_and_gradients() {
+    use selfsup::nn::fused_loss::cross_entropy;
+    let device = Device::flex().autodiff();
+    // (rows, classes, logit scale): one class, rows not a multiple of the 64-row blocks, large
+    // logits (the max subtraction matters), a GPT-bench-like shape.
+    for (i, &(n, v, sd)) in [(3, 1, 1.0), (5, 7, 1.0), (130, 11, 30.0), (256, 256, 2.0)]
+        .iter()
+        .enumerate()
+    {
+        device.seed(500 + i as u64);
+        let x = Tensor::<2>::random([n, v], Distribution::Normal(0.0, sd), &device);
+        let t: Vec<i64> = (0..n).map(|r| ((r * 7 + i) % v) as i64).collect();
+        let t = Tensor::<1, Int>::from_data(TensorData::new(t, [n]), &device);
+        let xf = x.clone().require_grad();
+        let lf = cross_entropy(xf.clone(), t.clone());
+        let gf = (lf.clone() * 3.0).backward();
+        let xr = x.clone().require_grad();
+        let lr = burn::tensor::activation::log_softmax(xr.clone(), 1)
+            .gather(1, t.clone().reshape([n, 1]))
+            .mean()
+            .neg();
+        let gr = (lr.clone() * 3.0).backward();
+        let what = format!("N {n} V {v} sd {sd}");
+        assert_close(&format!("{what} loss"), &values(lf), &values(lr), 1e-5);
+        let (df, dr) = (xf.grad(&gf).unwrap(), xr.grad(&gr).unwrap());
+        assert_close(&format!("{what} dlogits"), &values(df), &values(dr), 1e-5);
+    }
+}

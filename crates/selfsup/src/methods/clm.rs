@@ -10,7 +10,6 @@ use anyhow::{bail, ensure, Result};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::lm::weights::{export_slots, layer_norm_slots, linear_slots, Slot, Weights};
@@ -328,6 +327,6 @@ pub fn int_tensor<const D: usize>(
 /// Mean cross-entropy of `logits` `[B, T, V]` against `targets` `[B, T]`.
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     let [b, t, v] = logits.dims();
-    let logp = log_softmax(logits.reshape([b * t, v]), 1);
-    logp.gather(1, targets.reshape([b * t, 1])).mean().neg()
+    // One pass per row on the CPU backend (`nn::fused_loss`), log_softmax + gather elsewhere.
+    crate::nn::fused_loss::cross_entropy(logits.reshape([b * t, v]), targets.reshape([b * t]))
 }

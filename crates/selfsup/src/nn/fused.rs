@@ -11,6 +11,7 @@
 //! | [`layer_norm`] | burn's layer norm backward (composed ops) | per row; `dx = (g − mean(g) − x̂·mean(g x̂))/σ` |
 //! | [`gelu`] | libm `erf` per element, single-threaded | rational erf + polynomial exp that vectorize, in parallel |
 //! | [`adamw_step`] | ~15 tensor ops per parameter | one pass over (w, g, m, v) |
+//! | [`super::fused_loss`] | log_softmax + gather + mean (~10 ops each way) | one pass per row, backward from the saved log-sum-exps |
 //! | [`super::fused_linear`] | burn's `Linear` (a GEMM per batch entry, zeroed-then-copied outputs, separate bias pass) | one GEMM over all rows into the bias; transposed weights read through strides |
 //!
 //! `SELFSUP_NO_FUSED=1` (or a comma-separated list of [`KERNELS`]) turns kernels off, for
@@ -99,9 +100,10 @@ pub fn causal_self_attention_reference(qkv: Tensor<3>, n_heads: usize) -> Tensor
 
 /// The kernels, by the names `SELFSUP_NO_FUSED` takes (`simd`: the AVX-512/AVX2 code paths of
 /// the element-wise loops, see [`simd`]).
-pub const KERNELS: [&str; 8] = [
+pub const KERNELS: [&str; 9] = [
     "attention",
     "linear",
+    "crossentropy",
     "conv",
     "batchnorm",
     "layernorm",
@@ -1126,7 +1128,7 @@ fn bn_dims(x: &FlexTensor) -> (usize, usize, usize) {
 /// Σ f(i) over `0..len` with 16 independent accumulators, so the compiler vectorizes the sum
 /// (a single running f32 sum is one long dependency chain).
 #[inline(always)]
-fn lane_sum(len: usize, f: impl Fn(usize) -> f32) -> f32 {
+pub(super) fn lane_sum(len: usize, f: impl Fn(usize) -> f32) -> f32 {
     const L: usize = 16;
     let mut acc = [0.0f32; L];
     let full = len / L * L;
@@ -1432,7 +1434,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Option<Tensor<D>> {
 /// r = x − n ln 2 (|r| ≤ ln 2 / 2, two-part ln 2), e^r by its degree-6 Taylor polynomial
 /// (relative error ≈ 1e-7).
 #[inline(always)]
-fn fast_exp(x: f32) -> f32 {
+pub(super) fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;

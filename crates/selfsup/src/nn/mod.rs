@@ -4,6 +4,7 @@ pub mod batchnorm;
 pub mod encoder;
 pub mod fused;
 pub mod fused_linear;
+pub mod fused_loss;
 pub mod init;
 pub mod mlp;
 pub mod representation;
