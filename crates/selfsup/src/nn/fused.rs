@@ -517,36 +517,56 @@ fn flex(values: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
 /// stride) in elements; single-threaded (the parallelism is over heads).
 ///
 /// # Safety
-/// The pointers with their strides must address valid, non-overlapping-with-dst memory.
-#[allow(clippy::too_many_arguments)]
+/// As [`gemm_strided`]'s.
 unsafe fn matmul(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: (*mut f32, usize, usize),
     lhs: (*const f32, usize, usize),
     rhs: (*const f32, usize, usize),
     beta: f32,
 ) {
-    gemm(
-        m,
-        n,
-        k,
-        dst.0,
-        dst.2 as isize,
-        dst.1 as isize,
-        false,
-        lhs.0,
-        lhs.2 as isize,
-        lhs.1 as isize,
-        rhs.0,
-        rhs.2 as isize,
-        rhs.1 as isize,
-        0.0,
-        beta,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    );
+    unsafe { gemm_strided(dims, dst, lhs, rhs, beta, false, Parallelism::None) }
+}
+
+/// `dst[m×n] (+)= beta · lhs[m×k] · rhs[k×n]` (accumulating into dst when `accumulate`), every
+/// matrix given by (pointer, row stride, column stride) in elements: the `gemm` crate's call in
+/// row-major terms.
+///
+/// # Safety
+/// The pointers with their strides must address valid memory, `dst` not overlapping the others;
+/// with `accumulate` false `dst` may be uninitialized (the GEMM only writes it).
+pub(super) unsafe fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    beta: f32,
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
+            accumulate,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
 }
 
 /// Query rows per block of the attention kernels: block `[r0, r1)` needs keys `0..r1` only, so
@@ -1015,25 +1035,13 @@ fn conv_backward(
                     }
                     // dW += dY · colsᵀ
                     unsafe {
-                        gemm(
-                            g.cout,
-                            k,
-                            ld,
-                            dw.as_mut_ptr(),
-                            1,
-                            k as isize,
+                        gemm_strided(
+                            (g.cout, k, ld),
+                            (dw.as_mut_ptr(), k, 1),
+                            (dy.as_ptr(), ld, 1),
+                            (cols.as_ptr(), 1, ld),
+                            1.0,
                             true,
-                            dy.as_ptr(),
-                            1,
-                            ld as isize,
-                            cols.as_ptr(),
-                            ld as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
                             Parallelism::None,
                         );
                     }

@@ -18,10 +18,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Flex};
 use burn::nn::Linear;
 use burn::tensor::{Shape, Tensor, TensorData};
-use gemm::{gemm, Parallelism};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fused::{assume_filled, f32_slice, fused_available, simd, uninit_vec};
+use super::fused::{assume_filled, f32_slice, fused_available, gemm_strided, simd, uninit_vec};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedLinearOps: Backend {
@@ -203,38 +203,18 @@ const PARALLEL_MACS: usize = 192 * 192 * 192;
 /// The pointers with their strides must address valid memory, `dst` not overlapping the others;
 /// with `accumulate` false `dst` may be uninitialized (the GEMM only writes it).
 unsafe fn gemm_rm(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: (*mut f32, usize, usize),
     lhs: (*const f32, usize, usize),
     rhs: (*const f32, usize, usize),
     accumulate: bool,
 ) {
-    let par = if m * n * k >= PARALLEL_MACS {
+    let par = if dims.0 * dims.1 * dims.2 >= PARALLEL_MACS {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None
     };
-    gemm(
-        m,
-        n,
-        k,
-        dst.0,
-        dst.2 as isize,
-        dst.1 as isize,
-        accumulate,
-        lhs.0,
-        lhs.2 as isize,
-        lhs.1 as isize,
-        rhs.0,
-        rhs.2 as isize,
-        rhs.1 as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        par,
-    );
+    unsafe { gemm_strided(dims, dst, lhs, rhs, 1.0, accumulate, par) }
 }
 
 /// A `len`-element buffer the caller's GEMM fills completely (without reading it) before use.
