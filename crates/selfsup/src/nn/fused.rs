@@ -18,6 +18,7 @@
 //! before/after benchmarks; `tests/nn_fused.rs` checks each against the ops it replaces.
 
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -169,34 +170,48 @@ impl FusedOps for Flex {
     }
 }
 
-impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
-    fn causal_self_attention(qkv: FloatTensor<Self>, n_heads: usize) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct AttentionBackward;
+/// The backward step of a fused op with `N` inputs on `Autodiff<Flex>`: the function gets the
+/// saved state, the output's gradient and which inputs are tracked, and returns the gradients of
+/// (at least) the tracked ones; taking the gradient and registering them is done here once.
+pub(super) struct FusedBackward<S, const N: usize>(
+    pub(super) fn(S, &FlexTensor, [bool; N]) -> [Option<FlexTensor>; N],
+);
 
-        impl Backward<Flex, 1> for AttentionBackward {
-            /// The input `[B, T, 3D]`, the probabilities `[B, H, T, T]` and H.
-            type State = (FlexTensor, FlexTensor, usize);
+impl<S, const N: usize> std::fmt::Debug for FusedBackward<S, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FusedBackward<{N}>")
+    }
+}
 
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<Flex>(&ops.node);
-                let (qkv, probs, n_heads) = ops.state;
-                if let Some(node) = parent {
-                    grads.register::<Flex>(
-                        node.id,
-                        attention_backward(&qkv, &probs, &grad, n_heads),
-                    );
-                }
+impl<S: Clone + Send + std::fmt::Debug + 'static, const N: usize> Backward<Flex, N>
+    for FusedBackward<S, N>
+{
+    type State = S;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, N>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let tracked = ops.parents.each_ref().map(Option::is_some);
+        let input_grads = (self.0)(ops.state, &grad, tracked);
+        for (parent, g) in ops.parents.into_iter().zip(input_grads) {
+            if let (Some(node), Some(g)) = (parent, g) {
+                grads.register::<Flex>(node.id, g);
             }
         }
+    }
+}
 
-        match AttentionBackward
+impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn causal_self_attention(qkv: FloatTensor<Self>, n_heads: usize) -> FloatTensor<Self> {
+        // State: the input `[B, T, 3D]`, the probabilities `[B, H, T, T]` and H.
+        let backward = FusedBackward::<(FlexTensor, FlexTensor, usize), 1>(|(qkv, p, h), g, _| {
+            [Some(attention_backward(&qkv, &p, g, h))]
+        });
+        match backward
             .prepare::<C>([qkv.node()])
             .compute_bound()
             .stateful()
@@ -218,32 +233,12 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct ConvBackward;
-
-        impl Backward<Flex, 2> for ConvBackward {
-            type State = (FlexTensor, FlexTensor, ConvGeom);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 2>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [node_x, node_w] = ops.parents;
-                let grad = grads.consume::<Flex>(&ops.node);
-                let (x, w, g) = ops.state;
-                let (dx, dw) = conv_backward(&x, &w, &grad, g, node_x.is_some(), node_w.is_some());
-                if let (Some(node), Some(dx)) = (node_x, dx) {
-                    grads.register::<Flex>(node.id, dx);
-                }
-                if let (Some(node), Some(dw)) = (node_w, dw) {
-                    grads.register::<Flex>(node.id, dw);
-                }
-            }
-        }
-
-        match ConvBackward
+        let backward =
+            FusedBackward::<(FlexTensor, FlexTensor, ConvGeom), 2>(|(x, w, geom), g, t| {
+                let (dx, dw) = conv_backward(&x, &w, g, geom, t[0], t[1]);
+                [dx, dw]
+            });
+        match backward
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
             .stateful()
@@ -271,36 +266,14 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         use burn::backend::AutodiffBackend;
 
-        #[derive(Debug)]
-        struct BatchNormBackward;
-
-        impl Backward<Flex, 3> for BatchNormBackward {
-            /// x, gamma, the forward's output (for the ReLU mask) and statistics, ReLU or not.
-            type State = (FlexTensor, FlexTensor, BnForward, bool);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 3>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [node_x, node_gamma, node_beta] = ops.parents;
-                let grad = grads.consume::<Flex>(&ops.node);
-                let (x, gamma, fwd, relu) = ops.state;
-                let (dx, dgamma, dbeta) = bn_backward(&x, &gamma, &fwd, &grad, relu);
-                if let Some(node) = node_x {
-                    grads.register::<Flex>(node.id, dx);
-                }
-                if let Some(node) = node_gamma {
-                    grads.register::<Flex>(node.id, dgamma);
-                }
-                if let Some(node) = node_beta {
-                    grads.register::<Flex>(node.id, dbeta);
-                }
-            }
-        }
-
-        let prepared = BatchNormBackward
+        // State: x, gamma, the forward's output (for the ReLU mask) and statistics, ReLU or not.
+        let backward = FusedBackward::<(FlexTensor, FlexTensor, BnForward, bool), 3>(
+            |(x, gamma, fwd, relu), g, _| {
+                let (dx, dgamma, dbeta) = bn_backward(&x, &gamma, &fwd, g, relu);
+                [Some(dx), Some(dgamma), Some(dbeta)]
+            },
+        );
+        let prepared = backward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful();
@@ -330,36 +303,14 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct LayerNormBackward;
-
-        impl Backward<Flex, 3> for LayerNormBackward {
-            /// x, weight, per-row (mean, 1/σ).
-            type State = (FlexTensor, FlexTensor, std::sync::Arc<Vec<(f32, f32)>>);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 3>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [node_x, node_w, node_b] = ops.parents;
-                let grad = grads.consume::<Flex>(&ops.node);
-                let (x, w, stats) = ops.state;
-                let (dx, dw, db) = ln_backward(&x, &w, &stats, &grad);
-                if let Some(node) = node_x {
-                    grads.register::<Flex>(node.id, dx);
-                }
-                if let Some(node) = node_w {
-                    grads.register::<Flex>(node.id, dw);
-                }
-                if let Some(node) = node_b {
-                    grads.register::<Flex>(node.id, db);
-                }
-            }
-        }
-
-        match LayerNormBackward
+        // State: x, weight, per-row (mean, 1/σ).
+        let backward = FusedBackward::<(FlexTensor, FlexTensor, Arc<Vec<(f32, f32)>>), 3>(
+            |(x, w, stats), g, _| {
+                let (dx, dw, db) = ln_backward(&x, &w, &stats, g);
+                [Some(dx), Some(dw), Some(db)]
+            },
+        );
+        match backward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
@@ -367,7 +318,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
                 let (out, stats) = ln_forward(&xp, &wp, bias.primitive(), epsilon);
-                prep.finish((xp, wp, std::sync::Arc::new(stats)), out)
+                prep.finish((xp, wp, Arc::new(stats)), out)
             }
             OpsKind::UnTracked(prep) => prep
                 .finish(ln_forward(x.primitive(), weight.primitive(), bias.primitive(), epsilon).0),
@@ -375,31 +326,8 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     }
 
     fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct GeluBackward;
-
-        impl Backward<Flex, 1> for GeluBackward {
-            type State = FlexTensor;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<Flex>(&ops.node);
-                if let Some(node) = parent {
-                    grads.register::<Flex>(node.id, gelu_backward(&ops.state, &grad));
-                }
-            }
-        }
-
-        match GeluBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
+        let backward = FusedBackward::<FlexTensor, 1>(|x, g, _| [Some(gelu_backward(&x, g))]);
+        match backward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let xp = x.primitive().clone();
                 let out = gelu_forward(&xp);

@@ -8,10 +8,8 @@
 //! GEMM accumulates into it, and the weight's transpose is read through strides, never copied.
 //! The tied LM head (`x · Eᵀ` with the embedding `E` `[N, K]`) is the same op with `transposed`.
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
@@ -21,7 +19,9 @@ use burn::tensor::{Shape, Tensor, TensorData};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fused::{assume_filled, f32_slice, fused_available, gemm_strided, simd, uninit_vec};
+use super::fused::{
+    assume_filled, f32_slice, fused_available, gemm_strided, simd, uninit_vec, FusedBackward,
+};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedLinearOps: Backend {
@@ -84,7 +84,7 @@ impl<C: CheckpointStrategy> FusedLinearOps for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         let b = bias.primitive().clone();
-        match LinearBackward::<3>
+        match FusedBackward::<LinearState, 3>(linear_grads)
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
@@ -105,7 +105,7 @@ impl<C: CheckpointStrategy> FusedLinearOps for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         transposed: bool,
     ) -> FloatTensor<Self> {
-        match LinearBackward::<2>
+        match FusedBackward::<LinearState, 2>(linear_grads)
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
             .stateful()
@@ -122,34 +122,24 @@ impl<C: CheckpointStrategy> FusedLinearOps for Autodiff<Flex, C> {
     }
 }
 
-/// Backward of both ops; parents (x, weight[, bias]).
-#[derive(Debug)]
-struct LinearBackward<const N: usize>;
+/// x, weight, transposed.
+type LinearState = (FlexTensor, FlexTensor, bool);
 
-impl<const N: usize> Backward<Flex, N> for LinearBackward<N> {
-    /// x, weight, transposed.
-    type State = (FlexTensor, FlexTensor, bool);
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, N>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let grad = grads.consume::<Flex>(&ops.node);
-        let (x, w, transposed) = ops.state;
-        let g = Geom::of(&x, &w, transposed);
-        let dy = f32_slice(&grad);
-        if let Some(node) = &ops.parents[0] {
-            grads.register::<Flex>(node.id, backward_x(&dy, &w, g, &x));
-        }
-        if let Some(node) = &ops.parents[1] {
-            grads.register::<Flex>(node.id, backward_w(&dy, &x, g, &w));
-        }
-        if let Some(node) = ops.parents.get(2).and_then(|p| p.as_ref()) {
-            grads.register::<Flex>(node.id, backward_b(&dy, g));
-        }
-    }
+/// Gradients of (x, weight[, bias]) — only the tracked ones are computed.
+fn linear_grads<const N: usize>(
+    (x, w, transposed): LinearState,
+    grad: &FlexTensor,
+    tracked: [bool; N],
+) -> [Option<FlexTensor>; N] {
+    let g = Geom::of(&x, &w, transposed);
+    let dy = f32_slice(grad);
+    std::array::from_fn(|i| {
+        tracked[i].then(|| match i {
+            0 => backward_x(&dy, &w, g, &x),
+            1 => backward_w(&dy, &x, g, &w),
+            _ => backward_b(&dy, g),
+        })
+    })
 }
 
 /// Sizes: `m` rows (all leading dimensions), `k` input and `n` output features.

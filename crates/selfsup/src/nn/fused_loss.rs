@@ -6,10 +6,8 @@
 //! row gives its log-sum-exp and loss in one pass, and the backward writes
 //! `(softmax − onehot) · g / N` in one pass from the saved log-sum-exps.
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -18,7 +16,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::fused::{
-    assume_filled, f32_slice, fast_exp, fused_available, lane_sum, simd, uninit_vec,
+    assume_filled, f32_slice, fast_exp, fused_available, lane_sum, simd, uninit_vec, FusedBackward,
 };
 
 #[backend_extension(Flex, Autodiff)]
@@ -50,30 +48,13 @@ impl FusedLossOps for Flex {
 
 impl<C: CheckpointStrategy> FusedLossOps for Autodiff<Flex, C> {
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct CrossEntropyBackward;
-
-        impl Backward<Flex, 1> for CrossEntropyBackward {
-            /// logits, targets, per-row log-sum-exp.
-            type State = (FlexTensor, Vec<usize>, Vec<f32>);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<Flex>(&ops.node);
-                let (logits, targets, lse) = ops.state;
-                if let Some(node) = parent {
-                    let g = f32_slice(&grad)[0];
-                    grads.register::<Flex>(node.id, backward(&logits, &targets, &lse, g));
-                }
-            }
-        }
-
-        match CrossEntropyBackward
+        // State: logits, targets, per-row log-sum-exp.
+        let backward = FusedBackward::<(FlexTensor, Vec<usize>, Vec<f32>), 1>(
+            |(logits, targets, lse), g, _| {
+                [Some(backward(&logits, &targets, &lse, f32_slice(g)[0]))]
+            },
+        );
+        match backward
             .prepare::<C>([logits.node()])
             .compute_bound()
             .stateful()
