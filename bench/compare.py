@@ -5,9 +5,10 @@ Runs crates/selfsup/benches/train_step.rs and bench/torch_step.py ALTERNATELY, o
 (so that each process's peak RSS belongs to one case), for several rounds, swapping which framework
 goes first each round. Both use 2 threads. Prints per-step medians over all timed steps of all
 rounds, the ratio selfsup/PyTorch (< 1: selfsup faster), the spread of the per-round ratios,
-peak RSS, and the FLOP figures (matmul 2048^3 GFLOP/s; GPT model GFLOP/s as a share of it).
+peak RSS, and the FLOP figures (matmul 2048^3 GFLOP/s; the cores' FMA peak, measured by a register-only
+FMA loop in the Rust binary; GPT model GFLOP/s as a share of both, and the GPT step's FLOP floor).
 
-    python3 bench/compare.py                      # simclr_a, simclr_b, gpt, matmul; 3 rounds
+    python3 bench/compare.py                      # simclr_a, simclr_b, gpt, matmul, fma; 3 rounds
     python3 bench/compare.py --rounds 5 --steps 10 --cases simclr_b,gpt --json /tmp/cmp.json
     python3 bench/compare.py --cases fmnist_tiny,fmnist_resnet18 --rounds 1
 
@@ -26,7 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CASES = ["simclr_a", "simclr_b", "gpt", "matmul"]
+DEFAULT_CASES = ["simclr_a", "simclr_b", "gpt", "matmul", "fma"]
+# Machine measurements that only the Rust binary runs (no PyTorch counterpart).
+RUST_ONLY = {"fma"}
 # Extra PyTorch-only rows: torch case -> the selfsup case it is compared with.
 TORCH_ALIASES = {"gpt_math": "gpt"}
 
@@ -153,6 +156,8 @@ def main():
     plan = []
     for c in cases:
         plan.append(("selfsup", c, [rust_bin, "--case", c] + steps, rust_env))
+        if c in RUST_ONLY:
+            continue
         plan.append(("pytorch", c, [a.python, str(ROOT / "bench" / "torch_step.py"), "--case", c,
                                     "--threads", threads] + steps, torch_env))
         if c == "gpt" and not a.no_gpt_math:
@@ -182,6 +187,8 @@ def main():
 
     rows = []
     for c in cases:
+        if c in RUST_ONLY:
+            continue
         for tcase in [c] + [k for k, v in TORCH_ALIASES.items() if v == c and not a.no_gpt_math]:
             pairs = list(zip(results[("selfsup", c)], results[("pytorch", tcase)]))
             clean = [p for p in pairs if max(p[0]["others"], p[1]["others"]) <= a.clean]
@@ -234,6 +241,18 @@ def main():
                 print(f"{k}: model FLOPs (matmuls, fwd+bwd = 3x fwd) selfsup {g['selfsup_gflops']:.1f} GFLOP/s "
                       f"= {100 * g['selfsup_gflops'] / m['selfsup_gflops']:.0f}% of its matmul peak; PyTorch "
                       f"{g['pytorch_gflops']:.1f} GFLOP/s = {100 * g['pytorch_gflops'] / m['pytorch_gflops']:.0f}%")
+    fma = results.get(("selfsup", "fma"))
+    if fma:
+        peak = statistics.median(x["gflops"] for x in fma)
+        print(f"\nFMA peak ({a.threads} threads, register-only loop): {peak:.0f} GFLOP/s")
+        for k, g in by.items():
+            if k == "gpt" and g["selfsup_gflops"]:
+                gflop = g["selfsup_gflops"] * g["selfsup_ms"] / 1e3  # model GFLOP per step
+                target_ms = 0.8 * g["pytorch_ms"]
+                print(f"gpt: selfsup {100 * g['selfsup_gflops'] / peak:.0f}% of the FMA peak, PyTorch "
+                      f"{100 * g['pytorch_gflops'] / peak:.0f}%. Its {gflop:.1f} GFLOP of matmuls alone take "
+                      f"{gflop / peak * 1e3:.0f} ms at the FMA peak; a ratio of 0.8 ({target_ms:.0f} ms) needs "
+                      f"{100 * gflop / (target_ms / 1e3) / peak:.0f}% of the peak for the whole step")
     for k, g in by.items():
         if g["selfsup_img_s"] and k.startswith("fmnist"):
             print(f"{k}: selfsup {g['selfsup_img_s']:.0f} img/s, PyTorch {g['pytorch_img_s']:.0f} img/s "

@@ -9,6 +9,7 @@
 //! | `simclr_b`      | same with BatchNorm after each conv; projector Linear-BN-ReLU-Linear (the library's `SimClr`) |
 //! | `gpt`           | byte GPT: d 256, 4 layers, 4 heads, MLP 1024, seq 128, batch 16, tied head |
 //! | `matmul`        | 2048×2048 · 2048×2048 fp32 (no autodiff), for the FLOP-utilization figure |
+//! | `fma`           | the cores' fp32 FMA peak: a register-only FMA loop on every thread (no memory traffic), the ceiling no GEMM can pass |
 //! | `fmnist_tiny`   | `SimClr` with `EncoderConfig::tiny()`, batch 256 × 2 views 1×28×28 (step only, no data pipeline) |
 //! | `fmnist_resnet18` | `SimClr` with `EncoderConfig::resnet18()`, same batch           |
 //!
@@ -34,7 +35,7 @@ use selfsup::nn::{EncoderConfig, Mlp};
 use selfsup::train::optim::build_optimizer;
 use std::time::Instant;
 
-const ALL: &[&str] = &["simclr_a", "simclr_b", "gpt", "matmul"];
+const ALL: &[&str] = &["simclr_a", "simclr_b", "gpt", "matmul", "fma"];
 const EXTRA: &[&str] = &["fmnist_tiny", "fmnist_resnet18"];
 const LR: f64 = 1e-3;
 const WEIGHT_DECAY: f64 = 1e-4;
@@ -284,6 +285,98 @@ fn matmul_bench(args: &Args) -> Report {
     r
 }
 
+/// Threads the benchmarks use: RAYON_NUM_THREADS as burn's pool does, else all cores.
+fn bench_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Twelve independent FMA chains per iteration (more than the FMA latency × ports, so the loop is
+/// throughput-bound), all in registers. Returns a sum so that the work cannot be optimized away.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fma_loop_avx512(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 12];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = _mm512_set1_ps(i as f32);
+    }
+    let (b, c) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, b, c);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_loop_avx2(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); 12];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = _mm256_set1_ps(i as f32);
+    }
+    let (b, c) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, b, c);
+        }
+    }
+    let mut out = [0f32; 8];
+    acc.iter()
+        .map(|&a| {
+            // SAFETY: `out` holds 8 f32.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), a) };
+            out.iter().sum::<f32>()
+        })
+        .sum()
+}
+
+/// The fp32 FMA peak of `bench_threads()` threads: the widest FMA this CPU has, 12 chains per
+/// thread. FLOP utilization against it is the share of the machine a step uses; against the
+/// matmul rate it is the share of what a GEMM reaches.
+fn fma_bench(args: &Args) -> Report {
+    const ITERS: u64 = 20_000_000;
+    #[cfg(target_arch = "x86_64")]
+    let (lanes, run): (f64, fn(u64) -> f32) = if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected at run time.
+        (16.0, |n| unsafe { fma_loop_avx512(n) })
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: as above.
+        (8.0, |n| unsafe { fma_loop_avx2(n) })
+    } else {
+        eprintln!("train_step: fma needs AVX2+FMA or AVX-512");
+        std::process::exit(2);
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (lanes, run): (f64, fn(u64) -> f32) = {
+        eprintln!("train_step: fma is measured on x86-64 only");
+        std::process::exit(2);
+    };
+    let threads = bench_threads();
+    let timing = time_steps(args.warmup, args.steps, || {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| run(ITERS))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum::<f32>()
+        })
+    });
+    let mut r = Report::new(
+        "fma",
+        Timing {
+            losses: vec![],
+            ..timing
+        },
+        None,
+    );
+    r.flops = Some(threads as f64 * ITERS as f64 * 12.0 * lanes * 2.0);
+    r
+}
+
 struct Report {
     case: String,
     times: Vec<f64>,
@@ -376,6 +469,7 @@ fn main() {
             ),
             "gpt" => gpt_bench(&args),
             "matmul" => matmul_bench(&args),
+            "fma" => fma_bench(&args),
             "fmnist_tiny" => {
                 simclr_bench(&args, case, EncoderConfig::tiny(), true, [256, 1, 28, 28])
             }
