@@ -541,11 +541,11 @@ fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTenso
                 || {
                     for i in r0..r1 {
                         let row = &mut p[i * t..(i + 1) * t];
-                        let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let max = lane_max(&row[..=i]);
                         for s in &mut row[..=i] {
                             *s = fast_exp(*s - max);
                         }
-                        let inv = 1.0 / lane_sum(i + 1, |j| row[j]);
+                        let inv = 1.0 / lane_sum([&row[..=i]], |[x]| x);
                         row[..=i].iter_mut().for_each(|s| *s *= inv);
                         row[i + 1..].iter_mut().for_each(|s| *s = 0.0);
                     }
@@ -615,7 +615,7 @@ fn attention_backward(
                     || {
                         for i in r0..r1 {
                             let (pr, dr) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
-                            let dot = lane_sum(i + 1, |j| pr[j] * dr[j]);
+                            let dot = lane_sum([&pr[..=i], &dr[..=i]], |[p, d]| p * d);
                             for (dsv, pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
                                 *dsv = pv * (*dsv - dot);
                             }
@@ -1061,25 +1061,53 @@ fn bn_dims(x: &FlexTensor) -> (usize, usize, usize) {
     (n, c, s)
 }
 
-/// Σ f(i) over `0..len` with 16 independent accumulators, so the compiler vectorizes the sum
-/// (a single running f32 sum is one long dependency chain).
+/// Σ f(a[j], b[j], …) over equal-length slices, with 16 independent accumulators so that the
+/// sum vectorizes (a single running f32 sum is one long dependency chain): lane l sums the j ≡ l
+/// (mod 16) of the full blocks, then the lanes are added in order, then the tail. The slices are
+/// cut per block of 16, so no bounds check sits in the element loop (with an index closure, the
+/// per-element checks kept LLVM from vectorizing some of these sums: scalar `vmulss`/`vaddss`).
 #[inline(always)]
-pub(super) fn lane_sum(len: usize, f: impl Fn(usize) -> f32) -> f32 {
+pub(super) fn lane_sum<const K: usize>(xs: [&[f32]; K], f: impl Fn([f32; K]) -> f32) -> f32 {
     const L: usize = 16;
+    let len = xs.first().map_or(0, |x| x.len());
+    assert!(
+        xs.iter().all(|x| x.len() == len),
+        "lane_sum: slices of different lengths"
+    );
     let mut acc = [0.0f32; L];
     let full = len / L * L;
     let mut i = 0;
     while i < full {
+        let blk: [&[f32; L]; K] = xs.map(|x| x[i..i + L].try_into().unwrap());
         for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
+            *a += f(std::array::from_fn(|k| blk[k][l]));
         }
         i += L;
     }
     let mut tail = 0.0f32;
     for j in full..len {
-        tail += f(j);
+        tail += f(std::array::from_fn(|k| xs[k][j]));
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// max over `x` (−∞ when empty; NaNs are skipped, as `f32::max` does), with 16 lanes so that it
+/// vectorizes: `fold(f32::NEG_INFINITY, f32::max)` is a serial chain of NaN-checking maxes.
+#[inline(always)]
+pub(super) fn lane_max(x: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [f32::NEG_INFINITY; L];
+    let mut blocks = x.chunks_exact(L);
+    for blk in &mut blocks {
+        for (a, &v) in acc.iter_mut().zip(blk) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    let tail = blocks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    acc.iter().fold(tail, |m, &v| if v > m { v } else { m })
 }
 
 fn bn_forward(
@@ -1111,14 +1139,14 @@ fn bn_forward(
                     let mut sum = 0.0f64;
                     for i in 0..n {
                         let p = plane(i);
-                        sum += lane_sum(s, |j| p[j]) as f64;
+                        sum += lane_sum([p], |[x]| x) as f64;
                     }
                     let mean = sum / count;
                     let m32 = mean as f32;
                     let mut sq = 0.0f64;
                     for i in 0..n {
                         let p = plane(i);
-                        sq += lane_sum(s, |j| (p[j] - m32) * (p[j] - m32)) as f64;
+                        sq += lane_sum([p], |[x]| (x - m32) * (x - m32)) as f64;
                     }
                     let var = sq / count;
                     let inv_std = (1.0 / (var + eps).sqrt()) as f32;
@@ -1197,8 +1225,8 @@ fn bn_backward(
                     let (mut dbeta, mut dxm) = (0.0f64, 0.0f64);
                     for i in 0..n {
                         let (xp, yp, dyp) = planes(i);
-                        dbeta += lane_sum(s, |j| g(yp[j], dyp[j])) as f64;
-                        dxm += lane_sum(s, |j| g(yp[j], dyp[j]) * (xp[j] - mean)) as f64;
+                        dbeta += lane_sum([yp, dyp], |[y, dy]| g(y, dy)) as f64;
+                        dxm += lane_sum([xp, yp, dyp], |[x, y, dy]| g(y, dy) * (x - mean)) as f64;
                     }
                     let dgamma = (dxm as f32) * inv_std;
                     let dbeta = dbeta as f32;
@@ -1281,8 +1309,8 @@ fn ln_forward(
                 || {
                     for (r, (orow, stat)) in o.chunks_mut(d).zip(st.iter_mut()).enumerate() {
                         let xr = &xs[(blk * LN_ROWS + r) * d..][..d];
-                        let mean = lane_sum(d, |j| xr[j]) / d as f32;
-                        let var = lane_sum(d, |j| (xr[j] - mean) * (xr[j] - mean)) / d as f32;
+                        let mean = lane_sum([xr], |[x]| x) / d as f32;
+                        let var = lane_sum([xr], |[x]| (x - mean) * (x - mean)) / d as f32;
                         let rstd = 1.0 / (var + eps as f32).sqrt();
                         for j in 0..d {
                             orow[j].write((xr[j] - mean) * rstd * ws[j] + bs[j]);
@@ -1331,8 +1359,9 @@ fn ln_backward(
                             dw[j] += gr[j] * xhat[j];
                             db[j] += gr[j];
                         }
-                        let mg = lane_sum(d, |j| gr[j] * ws[j]) / d as f32;
-                        let mgx = lane_sum(d, |j| gr[j] * ws[j] * xhat[j]) / d as f32;
+                        let mg = lane_sum([gr, &ws[..d]], |[g, w]| g * w) / d as f32;
+                        let mgx =
+                            lane_sum([gr, &ws[..d], &xhat], |[g, w, xh]| g * w * xh) / d as f32;
                         for j in 0..d {
                             orow[j].write(rstd * (gr[j] * ws[j] - mg - xhat[j] * mgx));
                         }
@@ -1588,4 +1617,42 @@ pub fn adamw_step<const D: usize>(
         Tensor::from_dispatch(m),
         Tensor::from_dispatch(v),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{lane_max, lane_sum};
+
+    #[test]
+    fn lane_sum_and_lane_max_match_plain_loops() {
+        for len in [0usize, 1, 7, 15, 16, 17, 31, 32, 33, 100] {
+            let a: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25)
+                .collect();
+            let b: Vec<f32> = (0..len)
+                .map(|i| ((i * 13 % 7) as f32 + 1.0) * 0.5)
+                .collect();
+            // Small integers times powers of two: every partial sum is exact, in any order.
+            let dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert_eq!(lane_sum([&a[..], &b[..]], |[x, y]| x * y), dot, "len {len}");
+            assert_eq!(
+                lane_sum([&a[..]], |[x]| x),
+                a.iter().sum::<f32>(),
+                "len {len}"
+            );
+            let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(lane_max(&a), max, "len {len}");
+            // A NaN is skipped, as f32::max does.
+            let mut with_nan = a.clone();
+            with_nan.push(f32::NAN);
+            with_nan.rotate_right(len / 2 + 1);
+            assert_eq!(lane_max(&with_nan), max, "len {len} with NaN");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "different lengths")]
+    fn lane_sum_rejects_slices_of_different_lengths() {
+        lane_sum([&[1.0f32, 2.0][..], &[1.0][..]], |[x, y]| x * y);
+    }
 }

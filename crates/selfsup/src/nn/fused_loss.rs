@@ -16,7 +16,8 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::fused::{
-    assume_filled, f32_slice, fast_exp, fused_available, lane_sum, simd, uninit_vec, FusedBackward,
+    assume_filled, f32_slice, fast_exp, fused_available, lane_max, lane_sum, simd, uninit_vec,
+    FusedBackward,
 };
 
 #[backend_extension(Flex, Autodiff)]
@@ -123,8 +124,8 @@ fn forward(logits: &FlexTensor, targets: &FlexTensor) -> (FlexTensor, Vec<f32>, 
                     for (r, out) in l.iter_mut().enumerate() {
                         let row = blk * CE_ROWS + r;
                         let x = &xs[row * v..(row + 1) * v];
-                        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let s = lane_sum(v, |j| fast_exp(x[j] - max));
+                        let max = lane_max(x);
+                        let s = lane_sum([x], |[x]| fast_exp(x - max));
                         *out = max + s.ln();
                         sum += (*out - x[t[row]]) as f64;
                     }
