@@ -135,6 +135,11 @@ def main():
     ap.add_argument("--rust-bin", help="prebuilt train_step binary (skips cargo)")
     ap.add_argument("--no-gpt-math", action="store_true", help="skip the PyTorch explicit-attention GPT row")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--matmul-precision", choices=["fp32", "bf16"], default="fp32",
+                    help="selfsup's matmul precision (train_step --matmul-precision)")
+    ap.add_argument("--torch-precision", choices=["fp32", "bf16", "autocast"], default="fp32",
+                    help="PyTorch's: fp32; bf16 = mkldnn fp32_precision 'bf16'; autocast = "
+                         "torch.autocast('cpu', bfloat16) (torch_step.py --matmul-precision)")
     ap.add_argument("--wait-idle", type=float, default=None, metavar="SHARE",
                     help="before each process, wait until other processes use less than SHARE (0..1) of the "
                          "cores (shared machines: builds running); see --wait-max")
@@ -155,14 +160,16 @@ def main():
     results = {}
     plan = []
     for c in cases:
-        plan.append(("selfsup", c, [rust_bin, "--case", c] + steps, rust_env))
+        plan.append(("selfsup", c, [rust_bin, "--case", c, "--matmul-precision", a.matmul_precision] + steps,
+                     rust_env))
         if c in RUST_ONLY:
             continue
+        tprec = ["--matmul-precision", a.torch_precision]
         plan.append(("pytorch", c, [a.python, str(ROOT / "bench" / "torch_step.py"), "--case", c,
-                                    "--threads", threads] + steps, torch_env))
+                                    "--threads", threads] + tprec + steps, torch_env))
         if c == "gpt" and not a.no_gpt_math:
             plan.append(("pytorch", "gpt_math", [a.python, str(ROOT / "bench" / "torch_step.py"), "--case",
-                                                 "gpt_math", "--threads", threads] + steps, torch_env))
+                                                 "gpt_math", "--threads", threads] + tprec + steps, torch_env))
     started = time.time()
     for r in range(a.rounds):
         print(f"round {r + 1}/{a.rounds}", flush=True)
@@ -218,7 +225,8 @@ def main():
 
     print()
     print(f"selfsup (burn 0.22.1 flex) vs PyTorch, {a.threads} threads, median of {a.steps} steps per process after "
-          f"{a.warmup} warm-up, pooled over the rounds used; ratio = selfsup/PyTorch (< 1: selfsup faster)")
+          f"{a.warmup} warm-up, pooled over the rounds used; ratio = selfsup/PyTorch (< 1: selfsup faster); "
+          f"matmul precision selfsup {a.matmul_precision}, PyTorch {a.torch_precision}")
     hdr = (f"| {'step':<24} | {'selfsup ms':>10} | {'PyTorch ms':>10} | {'ratio':>5} | {'per round':>9} | "
            f"{'CPU-ms ratio':>12} | {'selfsup RSS':>11} | {'PyTorch RSS':>11} | {'rounds':>6} | {'others':>6} |")
     print(hdr)

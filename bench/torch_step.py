@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 LR = 1e-3
 WEIGHT_DECAY = 1e-4  # same as the Rust bench (value does not change the cost)
+AUTOCAST = False  # --matmul-precision autocast
 ALL = ["simclr_a", "simclr_b", "gpt", "matmul"]
 EXTRA = ["gpt_math", "fmnist_tiny", "fmnist_resnet18"]
 
@@ -214,7 +215,11 @@ def train_step_fn(model, batch_fn):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = batch_fn()
+        if AUTOCAST:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = batch_fn()
+        else:
+            loss = batch_fn()
         value = loss.item()
         loss.backward()
         opt.step()
@@ -266,7 +271,9 @@ def run_case(case, warmup, steps):
     med, mn = median(times), min(times)
     peak = peak_rss_mib()
     out = {"framework": "pytorch", "case": case, "median_ms": med, "min_ms": mn, "times_ms": times,
-           "cpu_ms": cpu, "median_cpu_ms": median(cpu), "peak_rss_mib": peak}
+           "cpu_ms": cpu, "median_cpu_ms": median(cpu), "peak_rss_mib": peak,
+           "matmul_precision": "autocast" if AUTOCAST else
+           "bf16" if torch.backends.mkldnn.matmul.fp32_precision == "bf16" else "fp32"}
     line = (f"{case:<16} median {med:9.2f} ms/step  min {mn:9.2f}  cpu {median(cpu):9.0f} ms/step  "
             f"({len(times)} steps)  peak RSS {peak:.0f} MiB")
     if images:
@@ -288,12 +295,21 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--matmul-precision", choices=["fp32", "bf16", "autocast"], default="fp32",
+                   help="bf16: fp32 tensors, bf16 inputs to oneDNN's matmuls and convolutions "
+                        "(torch.backends.mkldnn.{matmul,conv}.fp32_precision), as selfsup's option; "
+                        "autocast: the forward under torch.autocast('cpu', bfloat16) (bf16 activations)")
     a = p.parse_args()
+    global AUTOCAST
+    AUTOCAST = a.matmul_precision == "autocast"
+    if a.matmul_precision == "bf16":
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
     torch.set_num_threads(a.threads)
     torch.set_num_interop_threads(1)
     cases = ALL + EXTRA if a.case == "all" else a.case.split(",")
     print(f"pytorch train_step bench: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{a.steps} steps after {a.warmup} warm-up", flush=True)
+          f"{a.steps} steps after {a.warmup} warm-up, matmul precision {a.matmul_precision}", flush=True)
     for c in cases:
         run_case(c.strip(), a.warmup, a.steps)
 

@@ -44,6 +44,7 @@ struct Args {
     cases: Vec<String>,
     steps: usize,
     warmup: usize,
+    precision: selfsup::nn::MatmulPrecision,
 }
 
 fn parse_args() -> Args {
@@ -51,6 +52,7 @@ fn parse_args() -> Args {
         cases: ALL.iter().map(|s| s.to_string()).collect(),
         steps: 10,
         warmup: 3,
+        precision: Default::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -67,9 +69,16 @@ fn parse_args() -> Args {
             }
             "--steps" => args.steps = it.next().and_then(|v| v.parse().ok()).expect("--steps N"),
             "--warmup" => args.warmup = it.next().and_then(|v| v.parse().ok()).expect("--warmup N"),
+            "--matmul-precision" => {
+                let v = it.next().expect("--matmul-precision fp32|bf16");
+                args.precision = v.parse().unwrap_or_else(|e| {
+                    eprintln!("train_step: {e}");
+                    std::process::exit(2)
+                });
+            }
             "-h" | "--help" => {
                 println!(
-                    "train_step [--case {}|all] [--steps N] [--warmup N]",
+                    "train_step [--case {}|all] [--steps N] [--warmup N] [--matmul-precision fp32|bf16]",
                     ALL.iter()
                         .chain(EXTRA)
                         .cloned()
@@ -419,6 +428,7 @@ impl Report {
             "cpu_ms": self.cpu,
             "median_cpu_ms": median(&self.cpu),
             "peak_rss_mib": peak,
+            "matmul_precision": selfsup::nn::matmul_precision().to_string(),
         });
         if let Some(n) = self.images_per_step {
             let ips = n / (med / 1e3);
@@ -445,11 +455,15 @@ fn main() {
     if std::env::var_os("SELFSUP_GLIBC_DEFAULTS").is_none() {
         selfsup::train::alloc::keep_freed_memory();
     }
+    if let Err(e) = selfsup::nn::set_matmul_precision(args.precision) {
+        eprintln!("train_step: {e}");
+        std::process::exit(2);
+    }
     let threads =
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(unset: all cores)".into());
     println!(
-        "selfsup train_step bench: burn 0.22.1 flex, RAYON_NUM_THREADS={threads}, {} steps after {} warm-up",
-        args.steps, args.warmup
+        "selfsup train_step bench: burn 0.22.1 flex, RAYON_NUM_THREADS={threads}, {} steps after {} warm-up, matmul precision {}",
+        args.steps, args.warmup, args.precision
     );
     for case in &args.cases {
         let r = match case.as_str() {

@@ -442,7 +442,7 @@ fn flex(values: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
 }
 
 /// `dst[m×n] = beta · lhs[m×k] · rhs[k×n]`, every matrix given by (pointer, row stride, column
-/// stride) in elements; single-threaded (the parallelism is over heads).
+/// stride) in elements; single-threaded (the parallelism is over images).
 ///
 /// # Safety
 /// As [`gemm_strided`]'s.
@@ -456,6 +456,21 @@ unsafe fn matmul(
     unsafe { gemm_strided(dims, dst, lhs, rhs, beta, false, Parallelism::None) }
 }
 
+/// [`matmul`] always in fp32, whatever [`super::bf16_gemm::matmul_precision`] says: attention's
+/// products stay fp32 (as PyTorch's bf16 matmul precision leaves its attention kernel alone).
+///
+/// # Safety
+/// As [`gemm_strided`]'s.
+unsafe fn matmul_fp32(
+    dims: (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    beta: f32,
+) {
+    unsafe { gemm_fp32(dims, dst, lhs, rhs, beta, false, Parallelism::None) }
+}
+
 /// `dst[m×n] (+)= beta · lhs[m×k] · rhs[k×n]` (accumulating into dst when `accumulate`), every
 /// matrix given by (pointer, row stride, column stride) in elements: the `gemm` crate's call in
 /// row-major terms.
@@ -463,7 +478,32 @@ unsafe fn matmul(
 /// # Safety
 /// The pointers with their strides must address valid memory, `dst` not overlapping the others;
 /// with `accumulate` false `dst` may be uninitialized (the GEMM only writes it).
+///
+/// With the bf16 matmul precision on, large products go to [`super::bf16_gemm`] instead.
 pub(super) unsafe fn gemm_strided(
+    dims: (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    beta: f32,
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    if super::bf16_gemm::use_bf16(dims) {
+        let parallel = matches!(parallelism, Parallelism::Rayon(_));
+        // SAFETY: use_bf16 is only true once set_matmul_precision checked the CPU.
+        return unsafe {
+            super::bf16_gemm::gemm_bf16(dims, dst, lhs, rhs, beta, accumulate, parallel)
+        };
+    }
+    unsafe { gemm_fp32(dims, dst, lhs, rhs, beta, accumulate, parallelism) }
+}
+
+/// [`gemm_strided`] in fp32 always (the `gemm` crate).
+///
+/// # Safety
+/// As [`gemm_strided`]'s.
+unsafe fn gemm_fp32(
     (m, n, k): (usize, usize, usize),
     dst: (*mut f32, usize, usize),
     lhs: (*const f32, usize, usize),
@@ -527,7 +567,7 @@ fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTenso
         for (r0, r1) in attn_blocks(t) {
             unsafe {
                 // S[r0..r1, ..r1] = scale · Q[r0..r1] K[..r1]ᵀ  (Kᵀ read through strides)
-                matmul(
+                matmul_fp32(
                     (r1 - r0, r1, dh),
                     (p.as_mut_ptr().add(r0 * t), t, 1),
                     (q.as_ptr().add(r0 * 3 * d), 3 * d, 1),
@@ -553,7 +593,7 @@ fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTenso
             );
             unsafe {
                 // O[r0..r1] = P[r0..r1, ..r1] V[..r1], into this head's columns of the output
-                matmul(
+                matmul_fp32(
                     (r1 - r0, dh, r1),
                     (out_ptr.0.add(bi * t * d + r0 * d + hi * dh), d, 1),
                     (p.as_ptr().add(r0 * t), t, 1),
@@ -602,7 +642,7 @@ fn attention_backward(
             // stale values that the products below never read.
             for (r0, r1) in attn_blocks(t) {
                 unsafe {
-                    matmul(
+                    matmul_fp32(
                         (r1 - r0, r1, dh),
                         (ds.as_mut_ptr().add(r0 * t), t, 1),
                         (go.as_ptr().add(r0 * d), d, 1),
@@ -625,7 +665,7 @@ fn attention_backward(
                 );
                 unsafe {
                     // dQ[r0..r1] = scale · dS[r0..r1, ..r1] K[..r1]
-                    matmul(
+                    matmul_fp32(
                         (r1 - r0, dh, r1),
                         (dbase.add(r0 * 3 * d), 3 * d, 1),
                         (ds.as_ptr().add(r0 * t), t, 1),
@@ -638,7 +678,7 @@ fn attention_backward(
             for (c0, c1) in attn_blocks(t) {
                 unsafe {
                     // dV[c0..c1] = P[c0.., c0..c1]ᵀ dO[c0..]
-                    matmul(
+                    matmul_fp32(
                         (c1 - c0, dh, t - c0),
                         (dbase.add(2 * d + c0 * 3 * d), 3 * d, 1),
                         (p.as_ptr().add(c0 * t + c0), 1, t),
@@ -646,7 +686,7 @@ fn attention_backward(
                         1.0,
                     );
                     // dK[c0..c1] = scale · dS[c0.., c0..c1]ᵀ Q[c0..]
-                    matmul(
+                    matmul_fp32(
                         (c1 - c0, dh, t - c0),
                         (dbase.add(d + c0 * 3 * d), 3 * d, 1),
                         (ds.as_ptr().add(c0 * t + c0), 1, t),

@@ -1,6 +1,7 @@
 //! Building blocks: encoders (ResNet family, ConvNet), MLP heads, BatchNorm.
 
 pub mod batchnorm;
+pub mod bf16_gemm;
 pub mod encoder;
 pub mod fused;
 pub mod fused_linear;
@@ -12,6 +13,7 @@ pub mod transformer;
 pub mod vae_nets;
 
 pub use batchnorm::BatchNorm;
+pub use bf16_gemm::{matmul_precision, set_matmul_precision, MatmulPrecision};
 pub use encoder::{Encoder, EncoderConfig};
 pub use mlp::Mlp;
 pub use representation::Representation;

@@ -124,6 +124,10 @@ pub struct RunState {
     /// Values of the last evaluation (validation loss, diagnostics).
     #[serde(default)]
     pub last_eval: std::collections::BTreeMap<String, f64>,
+    /// Matmul precision of the process that wrote this state (`--matmul-precision`): a resume
+    /// under another one warns that it will not continue the same numbers.
+    #[serde(default)]
+    pub matmul_precision: crate::nn::MatmulPrecision,
 }
 
 /// How a call to [`fit`] ended.
@@ -188,7 +192,7 @@ impl RunDir {
             .map_err(|e| anyhow::anyhow!("serializing optimizer state: {e:?}"))?;
         checkpoint::write_atomic(&self.optimizer(), &bytes)?;
         let mut s = state.clone();
-        s.finished = state.finished;
+        s.matmul_precision = crate::nn::matmul_precision();
         checkpoint::write_atomic(&self.state(), serde_json::to_string_pretty(&s)?.as_bytes())
     }
     /// Loads weights (keeping parameter ids) and optimizer state saved by [`save_checkpoint`].
@@ -198,6 +202,15 @@ impl RunDir {
         opt: ModuleOptimizer,
     ) -> Result<(M, ModuleOptimizer, RunState)> {
         let state = self.read_state()?;
+        let now = crate::nn::matmul_precision();
+        if state.matmul_precision != now {
+            eprintln!(
+                "warning: {} was trained with --matmul-precision {} and resumes with {now}: the \
+                 numbers will not match an uninterrupted run",
+                self.0.display(),
+                state.matmul_precision
+            );
+        }
         let model = checkpoint::load_weights(model, &self.weights(), true)?;
         let p = self.optimizer();
         let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
