@@ -14,6 +14,9 @@
 //! | [`super::fused_loss`] | log_softmax + gather + mean (~10 ops each way) | one pass per row, backward from the saved log-sum-exps |
 //! | [`super::fused_linear`] | burn's `Linear` (a GEMM per batch entry, zeroed-then-copied outputs, separate bias pass) | one GEMM over all rows into the bias; transposed weights read through strides |
 //!
+//! Linear and convolution products run in fp32, or with bf16 inputs and fp32 sums when the
+//! process-wide [`super::bf16_gemm::MatmulPrecision`] says so (`--matmul-precision bf16`).
+//!
 //! `SELFSUP_NO_FUSED=1` (or a comma-separated list of [`KERNELS`]) turns kernels off, for
 //! before/after benchmarks; `tests/nn_fused.rs` checks each against the ops it replaces.
 
