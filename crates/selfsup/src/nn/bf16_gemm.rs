@@ -287,19 +287,22 @@ unsafe fn pack_b_panel(
                 }
             }
         } else if rs == 1 {
-            // Column-major (a transposed operand, small in practice: a weight): a column's 32
-            // consecutive values are 16 pairs, which go to rows p of the panel at stride NR.
-            std::ptr::write_bytes(out, 0, kpp * NR);
-            let idx = _mm512_mullo_epi32(
-                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                _mm512_set1_epi32(NR as i32),
-            );
-            for c in 0..cols {
-                for pb in 0..kp.div_ceil(KB) {
-                    let v = convert_run(base.add(c * cs + pb * 2 * KB), k - pb * 2 * KB);
-                    let mask = low_mask(kp - pb * KB);
-                    let dst = out.add(pb * KB * NR + c);
-                    _mm512_mask_i32scatter_epi32::<4>(dst.cast(), mask, idx, v);
+            // Column-major (a transposed operand: Wᵀ in dX, im2col's colsᵀ in a conv's dW): a
+            // column's 32 consecutive values are its 16 pairs of one block; 16 columns' blocks,
+            // transposed in registers, are the block's 16 rows of the panel half.
+            for half in 0..NR / 16 {
+                let c0 = half * 16;
+                for pb in 0..kpp / KB {
+                    let mut v = [_mm512_setzero_si512(); 16];
+                    if pb * KB < kp {
+                        for (c, v) in v.iter_mut().enumerate().take(cols.saturating_sub(c0)) {
+                            *v =
+                                convert_run(base.add((c0 + c) * cs + pb * 2 * KB), k - pb * 2 * KB);
+                        }
+                    }
+                    for (q, row) in transpose16(v).iter().enumerate() {
+                        _mm512_storeu_si512(out.add((pb * KB + q) * NR + c0).cast(), *row);
+                    }
                 }
             }
         } else {
@@ -342,6 +345,43 @@ fn filled(
     let mut out = std::mem::ManuallyDrop::new(out);
     // SAFETY: every chunk was written by `fill`; same layout as u32.
     unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast(), out.len(), out.capacity()) }
+}
+
+/// The transpose of a 16×16 matrix of 32-bit lanes given as its rows: 32-bit, then 64-bit
+/// interleaves within each 128-bit lane leave 4×4 blocks transposed in place; two rounds of
+/// 128-bit lane shuffles transpose the blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_si512(); 16];
+    for a in 0..8 {
+        t[2 * a] = _mm512_unpacklo_epi32(r[2 * a], r[2 * a + 1]);
+        t[2 * a + 1] = _mm512_unpackhi_epi32(r[2 * a], r[2 * a + 1]);
+    }
+    // u[4g + e], 128-bit lane L: column 4L + e of rows 4g..4g+4.
+    let mut u = [_mm512_setzero_si512(); 16];
+    for g in 0..4 {
+        u[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+    }
+    // Output row 4L + e, lane g = u[4g + e]'s lane L: a 4×4 transpose of 128-bit lanes.
+    let mut out = [_mm512_setzero_si512(); 16];
+    for e in 0..4 {
+        let (a, b, c, d) = (u[e], u[4 + e], u[8 + e], u[12 + e]);
+        let x0 = _mm512_shuffle_i32x4::<0x44>(a, b);
+        let x1 = _mm512_shuffle_i32x4::<0xEE>(a, b);
+        let y0 = _mm512_shuffle_i32x4::<0x44>(c, d);
+        let y1 = _mm512_shuffle_i32x4::<0xEE>(c, d);
+        out[e] = _mm512_shuffle_i32x4::<0x88>(x0, y0);
+        out[4 + e] = _mm512_shuffle_i32x4::<0xDD>(x0, y0);
+        out[8 + e] = _mm512_shuffle_i32x4::<0x88>(x1, y1);
+        out[12 + e] = _mm512_shuffle_i32x4::<0xDD>(x1, y1);
+    }
+    out
 }
 
 /// Lanes `0..len` (at most 16) set.
@@ -623,6 +663,26 @@ mod tests {
                 let same = ours == theirs
                     || (ours.abs() < f32::MIN_POSITIVE && theirs.abs() < f32::MIN_POSITIVE);
                 assert!(same, "{x:e}: ours {ours:e}, hardware {theirs:e}");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transpose16_transposes() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let m: Vec<i32> = (0..256).collect();
+        let got: [[i32; 16]; 16] = unsafe {
+            let rows: [__m512i; 16] =
+                std::array::from_fn(|i| _mm512_loadu_si512(m[i * 16..].as_ptr().cast()));
+            std::mem::transmute(transpose16(rows))
+        };
+        for (j, row) in got.iter().enumerate() {
+            for (i, v) in row.iter().enumerate() {
+                assert_eq!(*v, m[i * 16 + j], "out[{j}][{i}]");
             }
         }
     }
