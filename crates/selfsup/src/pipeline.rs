@@ -70,6 +70,8 @@ pub struct PretrainReport {
     pub final_loss: Option<f64>,
     pub train_seconds: f64,
     pub interrupted: bool,
+    /// `--matmul-precision` of the run (fp32 unless asked otherwise).
+    pub matmul_precision: crate::nn::MatmulPrecision,
 }
 
 /// The image side the encoder sees: the dataset's, after any resize at load time.
@@ -325,6 +327,7 @@ fn run_views<M: ImageModel>(
         final_loss: state.last_loss,
         train_seconds: state.train_seconds,
         interrupted: outcome == Outcome::Interrupted,
+        matmul_precision: crate::nn::matmul_precision(),
     })
 }
 

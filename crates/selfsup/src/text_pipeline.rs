@@ -399,6 +399,7 @@ fn fit_text<M: crate::methods::Objective>(
         final_loss: state.last_loss,
         train_seconds: state.train_seconds,
         interrupted: outcome == Outcome::Interrupted,
+        matmul_precision: crate::nn::matmul_precision(),
     })
 }
 
