@@ -377,3 +377,54 @@ fn text_classify_errors_and_bag_of_words_run() {
     assert_eq!(v["rows"][1]["mean"].as_f64().unwrap(), 1.0);
     assert!(std::path::Path::new(out).join("text_classify.csv").exists());
 }
+
+#[test]
+fn matmul_precision_is_checked_recorded_and_warned_about_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("x.png");
+    let png = png.to_str().unwrap();
+    let (code, _, err) = selfsup(&["--matmul-precision", "fp16", "augment", "--out", png]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown matmul precision \"fp16\""), "{err}");
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let j = dir.path().join("p.json");
+    let args = [
+        "--matmul-precision",
+        "bf16",
+        "pretrain",
+        "--data",
+        "digits",
+        "--out",
+        run_s,
+        "--steps",
+        "3",
+        "--batch-size",
+        "64",
+        "--set",
+        "encoder.widths=[16,32]",
+        "--set",
+        "encoder.strides=[1,2]",
+        "--json",
+        j.to_str().unwrap(),
+    ];
+    if !selfsup::nn::bf16_gemm::bf16_supported() {
+        fails_with(&args, "AVX512_BF16");
+        return;
+    }
+    let (code, _, err) = selfsup(&args);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert_eq!(report["matmul_precision"], "bf16");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["matmul_precision"], "bf16");
+    // Resuming in fp32 works but says that the numbers will not continue the bf16 run's.
+    let (code, _, err) = selfsup(&["pretrain", "--resume", run_s, "--steps", "4"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("trained with --matmul-precision bf16 and resumes with fp32"),
+        "{err}"
+    );
+}
