@@ -150,31 +150,13 @@ enum ALayout {
     Cols,
 }
 
-/// `lhs` (m×k) as row panels `[m/MR][kpp/KB][layout]` of bf16 pairs along k, zero-padded to `kpp`
-/// pairs (a multiple of KB).
+/// Row panel `ip` of `lhs` (m×k) as `[kpp/KB][layout]` bf16 pairs along k, zero-padded to `kpp`
+/// pairs (a multiple of KB), every element of its `kpp·MR` written (compiled for AVX-512 so that
+/// the intrinsics inline). The layout is [`ALayout::Rows`] when `cs == 1`, else `Cols`.
 ///
 /// # Safety
-/// `a` must address an m×k matrix; AVX512_BF16.
-#[cfg(target_arch = "x86_64")]
-unsafe fn pack_a(a: Mat, m: usize, k: usize, kpp: usize, parallel: bool) -> (Vec<u32>, ALayout) {
-    let a = Shared(a);
-    // SAFETY: as this function's; each panel is written whole.
-    let out = filled(m.div_ceil(MR), kpp * MR, parallel, |ip, panel| unsafe {
-        pack_a_panel(a.get(), m, k, kpp, ip, panel)
-    });
-    let layout = if a.get().2 == 1 {
-        ALayout::Rows
-    } else {
-        ALayout::Cols
-    };
-    (out, layout)
-}
-
-/// Row panel `ip` of [`pack_a`], every element of its `kpp·MR` written (compiled for AVX-512 so
-/// that the intrinsics inline).
-///
-/// # Safety
-/// As [`pack_a`]'s; `out` addresses `kpp·MR` writable elements.
+/// `(p0, rs, cs)` addresses an m×k matrix; AVX512_BF16; `out` addresses `kpp·MR` writable
+/// elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn pack_a_panel(
@@ -451,23 +433,34 @@ pub(super) unsafe fn gemm_bf16(
         return;
     }
     let kpp = k.div_ceil(2).div_ceil(KB) * KB;
-    let ((pa, layout), pb) = unsafe {
-        (
-            pack_a(lhs, m, k, kpp, parallel),
-            pack_b(rhs, k, n, kpp, parallel),
-        )
+    let pb = unsafe { pack_b(rhs, k, n, kpp, parallel) };
+    let pb = &pb[..];
+    let layout = if lhs.2 == 1 {
+        ALayout::Rows
+    } else {
+        ALayout::Cols
     };
-    let (pa, pb) = (&pa[..], &pb[..]);
-    let dst = Shared(dst);
+    let (dst, lhs) = (Shared(dst), Shared(lhs));
     let m_panels = m.div_ceil(MR);
     let task = |block: usize| {
         let (d, rs, cs) = dst.get();
         let mut tile = [0.0f32; MR * NR];
+        // The task packs its own block of A, which stays in L2 for all the B panels (packing all
+        // of A first sent it through L3/DRAM and back).
+        let ips = block * MC_PANELS..((block + 1) * MC_PANELS).min(m_panels);
+        let mut pa = Vec::<u32>::with_capacity(ips.len() * kpp * MR);
+        // SAFETY: each panel writes its kpp·MR elements (the caller checked the CPU and lhs).
+        unsafe {
+            for (i, ip) in ips.clone().enumerate() {
+                pack_a_panel(lhs.get(), m, k, kpp, ip, pa.as_mut_ptr().add(i * kpp * MR));
+            }
+            pa.set_len(ips.len() * kpp * MR);
+        }
         for jp in 0..n.div_ceil(NR) {
             let b = &pb[jp * kpp * NR..][..kpp * NR];
             let cols = NR.min(n - jp * NR);
-            for ip in block * MC_PANELS..((block + 1) * MC_PANELS).min(m_panels) {
-                let a = &pa[ip * kpp * MR..][..kpp * MR];
+            for (i, ip) in ips.clone().enumerate() {
+                let a = &pa[i * kpp * MR..][..kpp * MR];
                 let rows = MR.min(m - ip * MR);
                 let out = Out {
                     // SAFETY: row ip·MR, column jp·NR are inside dst.
