@@ -708,6 +708,12 @@ mod tests {
             (25, 70, 17),
             (50, 31, 64),
             (7, 100, 129),
+            // around the tile (12 × 32), task (48 rows) and k-block (32 values) boundaries
+            (48, 16, 31),
+            (49, 17, 33),
+            (11, 15, 65),
+            (36, 64, 32),
+            (97, 48, 95),
         ] {
             for (ta, tb, tc) in [
                 (false, false, false),
