@@ -122,7 +122,7 @@ type ConvCase = (
     bool,
 );
 
-const CONV_CASES: [ConvCase; 7] = [
+const CONV_CASES: [ConvCase; 9] = [
     (3, 2, 7, 6, 5, [3, 3], [1, 1], [1, 1], false),
     (5, 3, 9, 9, 4, [3, 3], [2, 2], [1, 1], true),
     (2, 4, 5, 8, 3, [1, 1], [2, 2], [0, 0], false),
@@ -131,6 +131,10 @@ const CONV_CASES: [ConvCase; 7] = [
     (70, 3, 4, 4, 6, [3, 3], [2, 2], [1, 1], false),
     (2, 3, 4, 4, 2, [3, 3], [1, 1], [0, 0], false),
     (4, 16, 8, 8, 32, [3, 3], [2, 2], [1, 1], false),
+    // stride-2 rows of 20 outputs: more than one 16-lane chunk in the vectorized im2col/col2im
+    (2, 3, 9, 40, 4, [3, 3], [2, 2], [1, 1], true),
+    // a 1×1 image under a 5×5 kernel with padding 2: kernel columns that see no pixel at all
+    (3, 2, 1, 1, 3, [5, 5], [1, 1], [2, 2], true),
 ];
 
 fn conv_layer(case: &ConvCase, device: &Device) -> burn::nn::conv::Conv2d {
