@@ -414,6 +414,48 @@ unsafe fn interleave(
     }
 }
 
+/// A left operand packed once for several products with the same left side (a convolution's
+/// weights, W in the forward and Wᵀ in dX, across its groups of images): packing it per group
+/// re-converted the whole weight matrix for every 64 output columns.
+pub(super) struct PackedLhs {
+    data: Vec<u32>,
+    m: usize,
+    k: usize,
+    layout: ALayout,
+}
+
+/// `lhs` (m×k) packed for [`gemm_bf16_packed`], all row panels, in parallel.
+///
+/// # Safety
+/// `lhs` addresses an m×k matrix; the CPU has AVX512_BF16 ([`bf16_supported`]).
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn pack_lhs(lhs: Mat, m: usize, k: usize) -> PackedLhs {
+    let kpp = k.div_ceil(2).div_ceil(KB) * KB;
+    let src = Shared(lhs);
+    // SAFETY: each panel writes its kpp·MR elements (the caller checked the CPU and lhs).
+    let data = filled(m.div_ceil(MR), kpp * MR, true, |ip, panel| unsafe {
+        pack_a_panel(src.get(), m, k, kpp, ip, panel)
+    });
+    let layout = if lhs.2 == 1 {
+        ALayout::Rows
+    } else {
+        ALayout::Cols
+    };
+    PackedLhs { data, m, k, layout }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn pack_lhs(_: Mat, _: usize, _: usize) -> PackedLhs {
+    unreachable!("bf16 matmuls are only enabled on x86-64 with AVX512_BF16")
+}
+
+/// The left operand of a product: in place (each task packs its rows) or packed beforehand.
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    Strided(Mat),
+    Packed(&'a PackedLhs),
+}
+
 /// `dst[m×n] = (dst if accumulate) + beta · lhs[m×k] · rhs[k×n]`, the inputs rounded to bf16 and
 /// the products summed in fp32; matrices as (pointer, row stride, column stride) in elements.
 ///
@@ -421,9 +463,63 @@ unsafe fn interleave(
 /// As `fused::gemm_strided`'s, and the CPU must have AVX512_BF16 ([`bf16_supported`]).
 #[cfg(target_arch = "x86_64")]
 pub(super) unsafe fn gemm_bf16(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: (*mut f32, usize, usize),
     lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
+    unsafe {
+        gemm_lhs(
+            dims,
+            dst,
+            Lhs::Strided(lhs),
+            rhs,
+            beta,
+            accumulate,
+            parallel,
+        )
+    }
+}
+
+/// [`gemm_bf16`] with a left operand from [`pack_lhs`] (its m×k are the product's).
+///
+/// # Safety
+/// As [`gemm_bf16`]'s.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn gemm_bf16_packed(
+    n: usize,
+    dst: (*mut f32, usize, usize),
+    lhs: &PackedLhs,
+    rhs: Mat,
+    beta: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let dims = (lhs.m, n, lhs.k);
+    unsafe { gemm_lhs(dims, dst, Lhs::Packed(lhs), rhs, beta, accumulate, parallel) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn gemm_bf16_packed(
+    _: usize,
+    _: (*mut f32, usize, usize),
+    _: &PackedLhs,
+    _: Mat,
+    _: f32,
+    _: bool,
+    _: bool,
+) {
+    unreachable!("bf16 matmuls are only enabled on x86-64 with AVX512_BF16")
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemm_lhs(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    lhs: Lhs<'_>,
     rhs: Mat,
     beta: f32,
     accumulate: bool,
@@ -435,27 +531,36 @@ pub(super) unsafe fn gemm_bf16(
     let kpp = k.div_ceil(2).div_ceil(KB) * KB;
     let pb = unsafe { pack_b(rhs, k, n, kpp, parallel) };
     let pb = &pb[..];
-    let layout = if lhs.2 == 1 {
-        ALayout::Rows
-    } else {
-        ALayout::Cols
+    let layout = match lhs {
+        Lhs::Packed(p) => p.layout,
+        Lhs::Strided(a) if a.2 == 1 => ALayout::Rows,
+        Lhs::Strided(_) => ALayout::Cols,
     };
-    let (dst, lhs) = (Shared(dst), Shared(lhs));
+    let dst = Shared(dst);
+    let lhs = Shared(lhs);
     let m_panels = m.div_ceil(MR);
     let task = |block: usize| {
         let (d, rs, cs) = dst.get();
         let mut tile = [0.0f32; MR * NR];
-        // The task packs its own block of A, which stays in L2 for all the B panels (packing all
-        // of A first sent it through L3/DRAM and back).
         let ips = block * MC_PANELS..((block + 1) * MC_PANELS).min(m_panels);
-        let mut pa = Vec::<u32>::with_capacity(ips.len() * kpp * MR);
-        // SAFETY: each panel writes its kpp·MR elements (the caller checked the CPU and lhs).
-        unsafe {
-            for (i, ip) in ips.clone().enumerate() {
-                pack_a_panel(lhs.get(), m, k, kpp, ip, pa.as_mut_ptr().add(i * kpp * MR));
+        // The task packs its own block of A, which stays in L2 for all the B panels (packing all
+        // of A first sent it through L3/DRAM and back), unless it came packed.
+        let mut own = Vec::<u32>::new();
+        let pa: &[u32] = match lhs.get() {
+            Lhs::Packed(p) => &p.data[ips.start * kpp * MR..ips.end * kpp * MR],
+            Lhs::Strided(a) => {
+                own.reserve_exact(ips.len() * kpp * MR);
+                // SAFETY: each panel writes its kpp·MR elements (the caller checked the CPU
+                // and lhs).
+                unsafe {
+                    for (i, ip) in ips.clone().enumerate() {
+                        pack_a_panel(a, m, k, kpp, ip, own.as_mut_ptr().add(i * kpp * MR));
+                    }
+                    own.set_len(ips.len() * kpp * MR);
+                }
+                &own
             }
-            pa.set_len(ips.len() * kpp * MR);
-        }
+        };
         for jp in 0..n.div_ceil(NR) {
             let b = &pb[jp * kpp * NR..][..kpp * NR];
             let cols = NR.min(n - jp * NR);
@@ -743,6 +848,17 @@ mod tests {
                         (c.as_mut_ptr(), n, 1)
                     };
                     unsafe { gemm_bf16((m, n, k), d, a, b, 0.5, accumulate, parallel) };
+                    // The same product from a prepacked left operand: the same bits.
+                    let mut c2 = init.clone();
+                    let d2 = (c2.as_mut_ptr(), d.1, d.2);
+                    unsafe {
+                        let pa = pack_lhs(a, m, k);
+                        gemm_bf16_packed(n, d2, &pa, b, 0.5, accumulate, parallel)
+                    };
+                    assert!(
+                        c.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{m}×{n}×{k} ta {ta}: prepacked lhs differs"
+                    );
                     let want = reference(a, b, (m, n, k));
                     for i in 0..m {
                         for j in 0..n {

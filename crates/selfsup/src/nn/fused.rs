@@ -464,6 +464,38 @@ unsafe fn matmul(
     unsafe { gemm_strided(dims, dst, lhs, rhs, beta, false, Parallelism::None) }
 }
 
+/// A convolution's weight operand (W, or Wᵀ for dX) for its per-group products: packed once
+/// when they run in bf16 (`None` in fp32, where each product reads it in place).
+fn conv_lhs(
+    lhs: (*const f32, usize, usize),
+    (m, k): (usize, usize),
+    cols: usize,
+) -> Option<super::bf16_gemm::PackedLhs> {
+    // SAFETY: use_bf16 is only true once set_matmul_precision checked the CPU; the caller's lhs
+    // addresses an m×k matrix.
+    super::bf16_gemm::use_bf16((m, cols, k))
+        .then(|| unsafe { super::bf16_gemm::pack_lhs(lhs, m, k) })
+}
+
+/// [`matmul`] with the left operand prepacked by [`conv_lhs`] where it was.
+///
+/// # Safety
+/// As [`gemm_strided`]'s; `packed` packs `lhs`.
+unsafe fn conv_matmul(
+    packed: Option<&super::bf16_gemm::PackedLhs>,
+    dims: (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+) {
+    unsafe {
+        match packed {
+            Some(a) => super::bf16_gemm::gemm_bf16_packed(dims.1, dst, a, rhs, 1.0, false, false),
+            None => matmul(dims, dst, lhs, rhs, 1.0),
+        }
+    }
+}
+
 /// [`matmul`] always in fp32, whatever [`super::bf16_gemm::matmul_precision`] says: attention's
 /// small per-head products stay fp32 (in bf16 the GPT step was no faster: 160–169 vs 165–167 ms,
 /// the packing outweighing the faster multiply-adds at these sizes).
@@ -1071,6 +1103,8 @@ fn conv_forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeom) -> FlexTensor 
     let mut out = uninit_vec(g.n * g.cout * p);
     let (xs, ws) = (&xs[..], &ws[..]);
     let img_in = g.cin * g.h * g.w;
+    let packed_w = conv_lhs((ws.as_ptr(), k, 1), (g.cout, k), grp * p);
+    let packed_w = packed_w.as_ref();
     out.par_chunks_mut(grp * g.cout * p)
         .enumerate()
         .for_each_init(
@@ -1085,23 +1119,23 @@ fn conv_forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeom) -> FlexTensor 
                 if imgs == 1 {
                     // One image: write straight into the output.
                     unsafe {
-                        matmul(
+                        conv_matmul(
+                            packed_w,
                             (g.cout, p, k),
                             (out.as_mut_ptr().cast(), p, 1),
                             (ws.as_ptr(), k, 1),
                             (cols.as_ptr(), ld, 1),
-                            1.0,
                         );
                     }
                     return;
                 }
                 unsafe {
-                    matmul(
+                    conv_matmul(
+                        packed_w,
                         (g.cout, ld, k),
                         (y.as_mut_ptr(), ld, 1),
                         (ws.as_ptr(), k, 1),
                         (cols.as_ptr(), ld, 1),
-                        1.0,
                     );
                 }
                 for i in 0..imgs {
@@ -1151,6 +1185,11 @@ fn conv_backward(
     // its own column buffer and partial dW; the partials are summed in chunk order, so the result
     // does not depend on how rayon schedules the work (same seed, same numbers).
     let chunks = groups.min(CONV_CHUNKS);
+    let packed_wt = match want_dx {
+        true => conv_lhs((ws.as_ptr(), 1, k), (k, g.cout), grp * p),
+        false => None,
+    };
+    let packed_wt = packed_wt.as_ref();
     let partials: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map(|chunk| {
@@ -1194,12 +1233,12 @@ fn conv_backward(
                 if want_dx {
                     // dcols = Wᵀ · dY, then col2im per image (each group owns its images)
                     unsafe {
-                        matmul(
+                        conv_matmul(
+                            packed_wt,
                             (k, ld, g.cout),
                             (cols.as_mut_ptr(), ld, 1),
                             (ws.as_ptr(), 1, k),
                             (dy.as_ptr(), ld, 1),
-                            1.0,
                         );
                     }
                     for i in 0..imgs {
