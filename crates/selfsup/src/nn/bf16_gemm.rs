@@ -369,7 +369,7 @@ fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m51
 /// Lanes `0..len` (at most 16) set.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn low_mask(len: usize) -> u16 {
+pub(super) fn low_mask(len: usize) -> u16 {
     if len >= 16 {
         u16::MAX
     } else {

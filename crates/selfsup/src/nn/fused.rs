@@ -952,14 +952,8 @@ fn im2col_rows<const AVX512: bool>(
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn gather_row(src: *const f32, sw: usize, dst: *mut f32, cnt: usize) {
+    use super::bf16_gemm::low_mask as mask;
     use std::arch::x86_64::*;
-    let mask = |len: usize| -> u16 {
-        if len >= 16 {
-            u16::MAX
-        } else {
-            (1u16 << len) - 1
-        }
-    };
     unsafe {
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         for j0 in (0..cnt).step_by(16) {
@@ -1059,14 +1053,8 @@ fn col2im_rows<const AVX512: bool>(
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn scatter_add_row(src: *const f32, sw: usize, dst: *mut f32, cnt: usize) {
+    use super::bf16_gemm::low_mask as mask;
     use std::arch::x86_64::*;
-    let mask = |len: usize| -> u16 {
-        if len >= 16 {
-            u16::MAX
-        } else {
-            (1u16 << len) - 1
-        }
-    };
     unsafe {
         let lo_idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
         let hi_idx = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
