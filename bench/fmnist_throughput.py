@@ -46,10 +46,15 @@ def main():
         if r.returncode != 0:
             sys.exit(f"fmnist_throughput.py: {enc} failed:\n{r.stdout}")
         lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        # Training windows only: the file also holds the periodic representation checks
+        # (kNN accuracy, collapse diagnostics), which carry no throughput.
+        lines = [x for x in lines if "samples_per_s" in x]
+        if not lines:
+            sys.exit(f"fmnist_throughput.py: {enc}: no training window in {out / 'metrics.jsonl'}")
         use = lines[1:] if len(lines) > 1 else lines
         ips = statistics.median(x["samples_per_s"] for x in use)
         wait = statistics.median(x["data_wait_frac"] for x in use)
-        steps = lines[-1]["step"] if lines else 0
+        steps = lines[-1]["step"]
         rows.append({"encoder": enc, "images_per_s": ips, "data_wait_frac": wait, "steps": steps,
                      "minutes": minutes, "batch": a.batch_size})
         print(f"  {tail[0] if tail else ''}")

@@ -122,7 +122,7 @@ type ConvCase = (
     bool,
 );
 
-const CONV_CASES: [ConvCase; 9] = [
+const CONV_CASES: [ConvCase; 12] = [
     (3, 2, 7, 6, 5, [3, 3], [1, 1], [1, 1], false),
     (5, 3, 9, 9, 4, [3, 3], [2, 2], [1, 1], true),
     (2, 4, 5, 8, 3, [1, 1], [2, 2], [0, 0], false),
@@ -135,6 +135,11 @@ const CONV_CASES: [ConvCase; 9] = [
     (2, 3, 9, 40, 4, [3, 3], [2, 2], [1, 1], true),
     // a 1×1 image under a 5×5 kernel with padding 2: kernel columns that see no pixel at all
     (3, 2, 1, 1, 3, [5, 5], [1, 1], [2, 2], true),
+    // 3×3, stride 1, padding 1 with ≥ 16 channels both ways: Winograd F(2×2, 3×3) forward and
+    // input gradient (odd and even sides, a 1×1 plane, several image groups)
+    (3, 16, 7, 9, 20, [3, 3], [1, 1], [1, 1], true),
+    (40, 24, 4, 4, 16, [3, 3], [1, 1], [1, 1], false),
+    (2, 16, 1, 1, 17, [3, 3], [1, 1], [1, 1], false),
 ];
 
 fn conv_layer(case: &ConvCase, device: &Device) -> burn::nn::conv::Conv2d {

@@ -104,11 +104,12 @@ pub fn causal_self_attention_reference(qkv: Tensor<3>, n_heads: usize) -> Tensor
 
 /// The kernels, by the names `SELFSUP_NO_FUSED` takes (`simd`: the AVX-512/AVX2 code paths of
 /// the element-wise loops, see [`simd`]).
-pub const KERNELS: [&str; 9] = [
+pub const KERNELS: [&str; 10] = [
     "attention",
     "linear",
     "crossentropy",
     "conv",
+    "winograd",
     "batchnorm",
     "layernorm",
     "gelu",
@@ -828,6 +829,17 @@ impl ConvGeom {
         }
     }
 
+    /// Whether [`super::winograd`] computes this layer (forward and input gradient): 3×3, stride
+    /// 1, padding 1, fp32 products, and enough channels both ways for its 16 GEMMs (`C_in` and
+    /// `C_out` are their depths, forward and backward) to beat im2col's one.
+    fn winograd(&self) -> bool {
+        (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (3, 3, 1, 1, 1, 1)
+            && self.cin >= WINOGRAD_MIN_CHANNELS
+            && self.cout >= WINOGRAD_MIN_CHANNELS
+            && super::bf16_gemm::matmul_precision() == super::bf16_gemm::MatmulPrecision::Fp32
+            && !disabled("winograd")
+    }
+
     /// Rows of the column matrix: C·kh·kw.
     fn k(&self) -> usize {
         self.cin * self.kh * self.kw
@@ -1085,6 +1097,11 @@ unsafe fn scatter_add_row(src: *const f32, sw: usize, dst: *mut f32, cnt: usize)
 fn conv_forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeom) -> FlexTensor {
     let xs = f32_slice(x);
     let ws = f32_slice(weight);
+    if g.winograd() {
+        let u = super::winograd::transform_filters(&ws, g.cout, g.cin, false);
+        let y = super::winograd::conv3x3(&xs, &u, (g.n, g.cin, g.h, g.w), g.cout);
+        return FlexTensor::from_data(TensorData::new(y, [g.n, g.cout, g.ho, g.wo]));
+    }
     let (k, p, grp) = (g.k(), g.p(), g.group());
     // Every element is written below (by the GEMM or by the copies out of `y`): not zeroed first
     // (63 MB of memset per SimCLR step otherwise).
@@ -1155,6 +1172,23 @@ fn conv_backward(
     want_dx: bool,
     want_dw: bool,
 ) -> (Option<FlexTensor>, Option<FlexTensor>) {
+    if g.winograd() {
+        // dX is the convolution of dY with the flipped, channel-swapped filter (again 3×3,
+        // stride 1, padding 1); dW comes from the same tiles (`winograd::weight_grad3x3`).
+        let gs = f32_slice(grad);
+        let dims = (g.n, g.cout, g.h, g.w);
+        let dx = want_dx.then(|| {
+            let u = super::winograd::transform_filters(&f32_slice(weight), g.cout, g.cin, true);
+            let dx = super::winograd::conv3x3(&gs, &u, dims, g.cin);
+            FlexTensor::from_data(TensorData::new(dx, [g.n, g.cin, g.h, g.w]))
+        });
+        let dw = want_dw.then(|| {
+            let dw =
+                super::winograd::weight_grad3x3(&f32_slice(x), &gs, (g.n, g.cin, g.h, g.w), g.cout);
+            FlexTensor::from_data(TensorData::new(dw, [g.cout, g.cin, 3, 3]))
+        });
+        return (dx, dw);
+    }
     let xs = f32_slice(x);
     let ws = f32_slice(weight);
     let gs = f32_slice(grad);
@@ -1526,6 +1560,9 @@ pub fn layer_norm<const D: usize>(
 
 /// Chunks of image groups in the conv backward (fixed, for a deterministic dW sum).
 const CONV_CHUNKS: usize = 16;
+
+/// Fewest input and output channels for which a 3×3 stride-1 layer goes to Winograd.
+const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 /// Rows per parallel task of the LayerNorm kernels.
 const LN_ROWS: usize = 64;

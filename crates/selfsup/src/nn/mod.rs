@@ -11,6 +11,7 @@ pub mod mlp;
 pub mod representation;
 pub mod transformer;
 pub mod vae_nets;
+mod winograd;
 
 pub use batchnorm::BatchNorm;
 pub use bf16_gemm::{matmul_precision, set_matmul_precision, MatmulPrecision};
