@@ -6,7 +6,7 @@
 //! | kernel | replaces | how |
 //! |---|---|---|
 //! | [`causal_self_attention`] | split heads, `q kᵀ/√d`, causal mask, softmax, `· v`, merge | per (sequence, head) in parallel, heads read/written in place through strides; backward from the saved probabilities P: `dV = Pᵀ dO`, `dS = P ∘ (dP − rowsum(P ∘ dP))`, `dQ = dS K/√d`, `dK = dSᵀ Q/√d` |
-//! | [`conv2d`] | burn's conv2d (NCHW → NHWC copies, skinny GEMMs) and its backward | im2col of a group of images (≥ 64 output columns) + one GEMM, NCHW throughout; backward rebuilds the columns: `dW = Σ dY colsᵀ`, `dX = col2im(Wᵀ dY)`, only what is tracked |
+//! | [`conv2d`] | burn's conv2d (NCHW → NHWC copies, skinny GEMMs) and its backward | im2col of a group of images (≥ 64 output columns) + one GEMM, NCHW throughout; backward rebuilds the columns: `dW = Σ dY colsᵀ`, `dX = col2im(Wᵀ dY)`, only what is tracked. 3×3 stride-1 padding-1 layers with ≥ 16 channels each way: Winograd F(2×2, 3×3) for the output and both gradients ([`super::winograd`]) |
 //! | [`batch_norm_train_nd`] | mean/var via swapped-dims copies, normalize, ReLU | per channel in parallel, two-pass statistics, ReLU fused; one-pass backward |
 //! | [`layer_norm`] | burn's layer norm backward (composed ops) | per row; `dx = (g − mean(g) − x̂·mean(g x̂))/σ` |
 //! | [`gelu`] | libm `erf` per element, single-threaded | rational erf + polynomial exp that vectorize, in parallel |
