@@ -17,9 +17,10 @@ use rayon::prelude::*;
 
 use super::fused::{assume_filled, simd, uninit_vec};
 
-/// Transformed filters `U[ξ][o][i] = (G g Gᵀ)[ξ]` of `w` `[C_out, C_in, 3, 3]`, `ξ = 4·row + col`;
-/// with `for_input_grad`, of the filter of the input gradient instead, `g'[i][o] = rot180(g[o][i])`
-/// (`[16][C_in][C_out]`).
+/// Transformed filters `U[ξ] = (G g Gᵀ)[ξ]` of `w` `[C_out, C_in, 3, 3]`, `ξ = 4·row + col`, each
+/// `U[ξ]` a column-major `C_out × C_in` matrix (`[16][C_in][C_out]`), the layout the GEMM reads
+/// without packing; with `for_input_grad`, of the filter of the input gradient instead,
+/// `g'[i][o] = rot180(g[o][i])` (`C_in × C_out`, `[16][C_out][C_in]`).
 pub(super) fn transform_filters(
     w: &[f32],
     c_out: usize,
@@ -59,7 +60,7 @@ pub(super) fn transform_filters(
                     t[2],
                 ];
                 for (b, v) in row.into_iter().enumerate() {
-                    u[((4 * a + b) * rows + r) * cols + c] = v;
+                    u[((4 * a + b) * cols + c) * rows + r] = v;
                 }
             }
         }
@@ -79,8 +80,231 @@ fn group(n: usize, t: usize) -> usize {
     64usize.div_ceil(t).clamp(1, n.max(1))
 }
 
+/// Channels per vector: the transforms work on 16 channels of one pixel at a time, so every
+/// buffer they touch is channels-last (`[pixel or tile][channel]`, channels padded to a multiple
+/// of 16). The GEMMs read and write those layouts through strides.
+const L: usize = 16;
+type Lanes = [f32; L];
+
+fn padded(c: usize) -> usize {
+    c.next_multiple_of(L)
+}
+
+#[inline(always)]
+fn add(a: Lanes, b: Lanes) -> Lanes {
+    let mut r = a;
+    for k in 0..L {
+        r[k] += b[k];
+    }
+    r
+}
+
+#[inline(always)]
+fn sub(a: Lanes, b: Lanes) -> Lanes {
+    let mut r = a;
+    for k in 0..L {
+        r[k] -= b[k];
+    }
+    r
+}
+
+#[inline(always)]
+fn neg(a: Lanes) -> Lanes {
+    let mut r = a;
+    for v in &mut r {
+        *v = -*v;
+    }
+    r
+}
+
+#[inline(always)]
+fn load(src: &[f32]) -> Lanes {
+    let mut r = [0.0f32; L];
+    r.copy_from_slice(&src[..L]);
+    r
+}
+
+#[inline(always)]
+fn store(dst: &mut [f32], v: Lanes) {
+    dst[..L].copy_from_slice(&v);
+}
+
+/// Lanes `c0..c0 + 16` of pixel (y, x) of a channels-last image `[H·W][cp]`; 0 outside it.
+#[inline(always)]
+fn pixel(img: &[f32], (h, w, cp): (usize, usize, usize), y: usize, x: usize, c0: usize) -> Lanes {
+    if y < h && x < w {
+        load(&img[(y * w + x) * cp + c0..])
+    } else {
+        [0.0; L]
+    }
+}
+
+/// Bᵀ = [[1,0,−1,0],[0,1,1,0],[0,−1,1,0],[0,1,0,−1]] along one axis.
+#[inline(always)]
+fn bt(d: [Lanes; 4]) -> [Lanes; 4] {
+    [
+        sub(d[0], d[2]),
+        add(d[1], d[2]),
+        sub(d[2], d[1]),
+        sub(d[1], d[3]),
+    ]
+}
+
+/// Aᵀ = [[1,1,1,0],[0,1,−1,−1]] along one axis.
+#[inline(always)]
+fn at(m: [Lanes; 4]) -> [Lanes; 2] {
+    [add(add(m[0], m[1]), m[2]), sub(sub(m[1], m[2]), m[3])]
+}
+
+/// A along one axis (the adjoint of [`at`]): `(d₀, d₁) → (d₀, d₀ + d₁, d₀ − d₁, −d₁)`.
+#[inline(always)]
+fn a(d: [Lanes; 2]) -> [Lanes; 4] {
+    [d[0], add(d[0], d[1]), sub(d[0], d[1]), neg(d[1])]
+}
+
+/// `dst[p][c] = src[c][p]` for `src` `[C, P]` into `dst` `[P, ld]` (`ld ≥ C`; lanes past C
+/// untouched).
+#[inline(always)]
+fn to_channels_last(src: &[f32], c: usize, p: usize, dst: &mut [f32], ld: usize) {
+    const B: usize = 16;
+    for c0 in (0..c).step_by(B) {
+        for p0 in (0..p).step_by(B) {
+            for ci in c0..(c0 + B).min(c) {
+                let row = &src[ci * p..][..p];
+                for pi in p0..(p0 + B).min(p) {
+                    dst[pi * ld + ci] = row[pi];
+                }
+            }
+        }
+    }
+}
+
+/// `dst[c][p] = src[p][c]` for `src` `[P, ld]` into `dst` `[C, P]` (the inverse of
+/// [`to_channels_last`]), writing every element of `dst`.
+#[inline(always)]
+fn to_channels_first(
+    src: &[f32],
+    ld: usize,
+    c: usize,
+    p: usize,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    const B: usize = 16;
+    for c0 in (0..c).step_by(B) {
+        for p0 in (0..p).step_by(B) {
+            for ci in c0..(c0 + B).min(c) {
+                let row = &mut dst[ci * p..][..p];
+                for pi in p0..(p0 + B).min(p) {
+                    row[pi].write(src[pi * ld + ci]);
+                }
+            }
+        }
+    }
+}
+
+/// `V[ξ][col0 + tile][c] = (Bᵀ d B)[ξ]` for every 4×4 input block `d` of one channels-last image
+/// `xt` `[H·W][cp]` (rows and columns −1 and past the end read as 0); `V[ξ]` starts at `ξ ·
+/// stride`, one row of `cp` channels per tile.
+#[inline(always)]
+fn input_tiles(
+    xt: &[f32],
+    (h, w, cp): (usize, usize, usize),
+    v: &mut [f32],
+    col0: usize,
+    stride: usize,
+) {
+    let (th, tw) = (tiles(h), tiles(w));
+    for ty in 0..th {
+        for tx in 0..tw {
+            let col = col0 + ty * tw + tx;
+            for c0 in (0..cp).step_by(L) {
+                let (y0, x0) = ((2 * ty).wrapping_sub(1), (2 * tx).wrapping_sub(1));
+                let px = |r: usize, q: usize| {
+                    pixel(xt, (h, w, cp), y0.wrapping_add(r), x0.wrapping_add(q), c0)
+                };
+                let rows: [[Lanes; 4]; 4] = [0, 1, 2, 3].map(
+                    #[inline(always)]
+                    |r| bt([px(r, 0), px(r, 1), px(r, 2), px(r, 3)]),
+                );
+                for j in 0..4 {
+                    let vj = bt([rows[0][j], rows[1][j], rows[2][j], rows[3][j]]);
+                    for (i, val) in vj.into_iter().enumerate() {
+                        store(&mut v[(4 * i + j) * stride + col * cp + c0..], val);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One channels-last output image `yt` `[H·W][cp]` from `M[ξ][col0 + tile][c]` (`M[ξ]` at
+/// `ξ · stride`): `Aᵀ m A` per tile; the last row/column is dropped where H/W is odd.
+#[inline(always)]
+fn output_tiles(
+    m: &[f32],
+    col0: usize,
+    stride: usize,
+    (h, w, cp): (usize, usize, usize),
+    yt: &mut [f32],
+) {
+    let (th, tw) = (tiles(h), tiles(w));
+    for ty in 0..th {
+        for tx in 0..tw {
+            let col = col0 + ty * tw + tx;
+            for c0 in (0..cp).step_by(L) {
+                let mm = |xi: usize| load(&m[xi * stride + col * cp + c0..]);
+                // Aᵀ over rows, for each of the 4 columns, then over columns
+                let s: [[Lanes; 2]; 4] = [0, 1, 2, 3].map(
+                    #[inline(always)]
+                    |j| at([mm(j), mm(4 + j), mm(8 + j), mm(12 + j)]),
+                );
+                for dy in 0..2 {
+                    let y = 2 * ty + dy;
+                    if y >= h {
+                        break;
+                    }
+                    let out = at([s[0][dy], s[1][dy], s[2][dy], s[3][dy]]);
+                    for (dx, val) in out.into_iter().enumerate() {
+                        let x = 2 * tx + dx;
+                        if x < w {
+                            store(&mut yt[(y * w + x) * cp + c0..], val);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dM[ξ][col0 + tile][c] = (A dy Aᵀ)[ξ]` for every 2×2 block `dy` of one channels-last gradient
+/// image `dyt` `[H·W][cp]` (past the end: 0), the adjoint of [`output_tiles`].
+#[inline(always)]
+fn gradient_tiles(
+    dyt: &[f32],
+    (h, w, cp): (usize, usize, usize),
+    dm: &mut [f32],
+    col0: usize,
+    stride: usize,
+) {
+    let (th, tw) = (tiles(h), tiles(w));
+    for ty in 0..th {
+        for tx in 0..tw {
+            let col = col0 + ty * tw + tx;
+            for c0 in (0..cp).step_by(L) {
+                let px = |p: usize, q: usize| pixel(dyt, (h, w, cp), 2 * ty + p, 2 * tx + q, c0);
+                let rows = [a([px(0, 0), px(0, 1)]), a([px(1, 0), px(1, 1)])];
+                for j in 0..4 {
+                    for (i, val) in a([rows[0][j], rows[1][j]]).into_iter().enumerate() {
+                        store(&mut dm[(4 * i + j) * stride + col * cp + c0..], val);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `y[n][o] = Σ_i x[n][i] ⋆ g[o][i]` for `x` `[N, C_in, H, W]`, 3×3 filters transformed by
-/// [`transform_filters`] into `u` `[16][C_out][C_in]`, stride 1, padding 1: `[N, C_out, H, W]`.
+/// [`transform_filters`] into `u`, stride 1, padding 1: `[N, C_out, H, W]`.
 pub(super) fn conv3x3(
     x: &[f32],
     u: &[f32],
@@ -100,7 +324,8 @@ pub(super) fn conv3x3(
     let (th, tw) = (tiles(h), tiles(w));
     let t = th * tw;
     let grp = group(n, t);
-    let (img_in, img_out) = (c_in * h * w, c_out * h * w);
+    let (img_in, img_out, p) = (c_in * h * w, c_out * h * w, h * w);
+    let (cpi, cpo) = (padded(c_in), padded(c_out));
     let mut out = uninit_vec(n * img_out);
     if out.is_empty() {
         return vec![];
@@ -111,48 +336,42 @@ pub(super) fn conv3x3(
     out.par_chunks_mut(per_chunk * grp * img_out)
         .enumerate()
         .for_each(|(chunk, out)| {
-            let mut v = vec![0.0f32; 16 * c_in * grp * t];
-            let mut m = vec![0.0f32; 16 * c_out * grp * t];
-            let mut scratch = vec![0.0f32; 4 * (2 * th + 2) * tw + 2 * tw + 2];
+            let cols = grp * t;
+            let mut v = vec![0.0f32; 16 * cols * cpi];
+            let mut m = vec![0.0f32; 16 * cols * cpo];
+            // one channels-last image: input (cpi lanes) or output (cpo lanes)
+            let mut img = vec![0.0f32; p * cpi.max(cpo)];
             for (gi, out) in out.chunks_mut(grp * img_out).enumerate() {
                 let imgs = out.len() / img_out;
-                let ld = imgs * t;
                 let first = (chunk * per_chunk + gi) * grp;
                 for i in 0..imgs {
                     let xn = &x[(first + i) * img_in..][..img_in];
-                    for c in 0..c_in {
-                        simd(
-                            #[inline(always)]
-                            || {
-                                input_tiles(
-                                    &xn[c * h * w..][..h * w],
-                                    (h, w),
-                                    &mut scratch,
-                                    &mut v,
-                                    c * ld + i * t,
-                                    c_in * ld,
-                                )
-                            },
-                        );
-                    }
+                    simd(
+                        #[inline(always)]
+                        || {
+                            to_channels_last(xn, c_in, p, &mut img, cpi);
+                            input_tiles(&img, (h, w, cpi), &mut v, i * t, cols * cpi);
+                        },
+                    );
                 }
+                let ld = imgs * t;
                 for xi in 0..16 {
-                    // M[ξ] (C_out × tiles) = U[ξ] (C_out × C_in) · V[ξ] (C_in × tiles)
+                    // M[ξ] (C_out × tiles, channels-last) = U[ξ] (C_out × C_in) · V[ξ] (C_in × tiles)
                     unsafe {
                         gemm(
                             c_out,
                             ld,
                             c_in,
-                            m.as_mut_ptr().add(xi * c_out * ld),
+                            m.as_mut_ptr().add(xi * cols * cpo),
+                            cpo as isize,
                             1,
-                            ld as isize,
                             false,
                             u.as_ptr().add(xi * c_out * c_in),
+                            c_out as isize,
                             1,
-                            c_in as isize,
-                            v.as_ptr().add(xi * c_in * ld),
+                            v.as_ptr().add(xi * cols * cpi),
+                            cpi as isize,
                             1,
-                            ld as isize,
                             0.0,
                             1.0,
                             false,
@@ -163,26 +382,18 @@ pub(super) fn conv3x3(
                     }
                 }
                 for i in 0..imgs {
-                    for o in 0..c_out {
-                        let dst = &mut out[(i * c_out + o) * h * w..][..h * w];
-                        simd(
-                            #[inline(always)]
-                            || {
-                                output_tiles(
-                                    &m,
-                                    o * ld + i * t,
-                                    c_out * ld,
-                                    (h, w),
-                                    &mut scratch,
-                                    dst,
-                                )
-                            },
-                        );
-                    }
+                    let dst = &mut out[i * img_out..][..img_out];
+                    simd(
+                        #[inline(always)]
+                        || {
+                            output_tiles(&m, i * t, cols * cpo, (h, w, cpo), &mut img);
+                            to_channels_first(&img, cpo, c_out, p, dst);
+                        },
+                    );
                 }
             }
         });
-    // SAFETY: output_tiles writes every pixel of every (image, channel) plane of every group.
+    // SAFETY: to_channels_first writes every (channel, pixel) of every image.
     unsafe { assume_filled(out) }
 }
 
@@ -217,7 +428,8 @@ pub(super) fn weight_grad3x3(
     let (th, tw) = (tiles(h), tiles(w));
     let t = th * tw;
     let grp = group(n, t);
-    let (img_in, img_out) = (c_in * h * w, c_out * h * w);
+    let (img_in, img_out, p) = (c_in * h * w, c_out * h * w, h * w);
+    let (cpi, cpo) = (padded(c_in), padded(c_out));
     let groups = n.div_ceil(grp);
     let du_bytes = 16 * c_out * c_in * std::mem::size_of::<f32>();
     let chunks = (DW_PARTIALS_BYTES / du_bytes.max(1))
@@ -226,47 +438,27 @@ pub(super) fn weight_grad3x3(
     let partials: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map(|chunk| {
+            let cols = grp * t;
             let mut du = vec![0.0f32; 16 * c_out * c_in];
-            let mut v = vec![0.0f32; 16 * c_in * grp * t];
-            let mut dm = vec![0.0f32; 16 * c_out * grp * t];
-            let mut scratch = vec![0.0f32; 4 * (2 * th + 2) * tw + 2 * tw + 2];
+            let mut v = vec![0.0f32; 16 * cols * cpi];
+            let mut dm = vec![0.0f32; 16 * cols * cpo];
+            let mut img = vec![0.0f32; p * cpi.max(cpo)];
             for gi in chunk * groups / chunks..(chunk + 1) * groups / chunks {
                 let first = gi * grp;
                 let imgs = grp.min(n - first);
                 let ld = imgs * t;
                 for i in 0..imgs {
                     let xn = &x[(first + i) * img_in..][..img_in];
-                    for c in 0..c_in {
-                        simd(
-                            #[inline(always)]
-                            || {
-                                input_tiles(
-                                    &xn[c * h * w..][..h * w],
-                                    (h, w),
-                                    &mut scratch,
-                                    &mut v,
-                                    c * ld + i * t,
-                                    c_in * ld,
-                                )
-                            },
-                        );
-                    }
                     let dyn_ = &dy[(first + i) * img_out..][..img_out];
-                    for o in 0..c_out {
-                        simd(
-                            #[inline(always)]
-                            || {
-                                gradient_tiles(
-                                    &dyn_[o * h * w..][..h * w],
-                                    (h, w),
-                                    &mut scratch,
-                                    &mut dm,
-                                    o * ld + i * t,
-                                    c_out * ld,
-                                )
-                            },
-                        );
-                    }
+                    simd(
+                        #[inline(always)]
+                        || {
+                            to_channels_last(xn, c_in, p, &mut img, cpi);
+                            input_tiles(&img, (h, w, cpi), &mut v, i * t, cols * cpi);
+                            to_channels_last(dyn_, c_out, p, &mut img, cpo);
+                            gradient_tiles(&img, (h, w, cpo), &mut dm, i * t, cols * cpo);
+                        },
+                    );
                 }
                 for xi in 0..16 {
                     // dU[ξ] (C_out × C_in) += dM[ξ] (C_out × tiles) · V[ξ]ᵀ (tiles × C_in)
@@ -276,15 +468,15 @@ pub(super) fn weight_grad3x3(
                             c_in,
                             ld,
                             du.as_mut_ptr().add(xi * c_out * c_in),
+                            c_out as isize,
                             1,
-                            c_in as isize,
                             true,
-                            dm.as_ptr().add(xi * c_out * ld),
+                            dm.as_ptr().add(xi * cols * cpo),
+                            cpo as isize,
                             1,
-                            ld as isize,
-                            v.as_ptr().add(xi * c_in * ld),
-                            ld as isize,
+                            v.as_ptr().add(xi * cols * cpi),
                             1,
+                            cpi as isize,
                             1.0,
                             1.0,
                             false,
@@ -313,7 +505,7 @@ pub(super) fn weight_grad3x3(
     let mut dw = vec![0.0f32; c_out * c_in * 9];
     for o in 0..c_out {
         for i in 0..c_in {
-            let d = |xi: usize| du[(xi * c_out + o) * c_in + i];
+            let d = |xi: usize| du[(xi * c_in + i) * c_out + o];
             // columns first: for each row a of dU, 4 → 3; then rows: 4 → 3
             let rows: [[f32; 3]; 4] =
                 std::array::from_fn(|a| gt([d(4 * a), d(4 * a + 1), d(4 * a + 2), d(4 * a + 3)]));
@@ -327,181 +519,6 @@ pub(super) fn weight_grad3x3(
         }
     }
     dw
-}
-
-/// `V[ξ][col0 + tile] = (Bᵀ d B)[ξ]` for every 4×4 input block `d` of one channel plane `x`
-/// `[H, W]` (rows and columns −1 and past the end read as 0); `V[ξ]` starts at `ξ · stride`.
-/// Bᵀ = [[1,0,−1,0],[0,1,1,0],[0,−1,1,0],[0,1,0,−1]], applied to rows, then to columns.
-#[inline(always)]
-fn input_tiles(
-    x: &[f32],
-    (h, w): (usize, usize),
-    scratch: &mut [f32],
-    v: &mut [f32],
-    col0: usize,
-    stride: usize,
-) {
-    let (th, tw) = (tiles(h), tiles(w));
-    let rows = 2 * th + 2;
-    let (hbuf, prow) = scratch.split_at_mut(4 * rows * tw);
-    let prow = &mut prow[..2 * tw + 2];
-    // Row transform of every padded row r (input row r − 1): H[j][r][tx] from the 4 padded
-    // columns 2tx..2tx+3 (input columns 2tx−1..2tx+2).
-    for r in 0..rows {
-        prow.fill(0.0);
-        if (1..=h).contains(&r) {
-            prow[1..=w].copy_from_slice(&x[(r - 1) * w..][..w]);
-        }
-        let (h01, h23) = hbuf.split_at_mut(2 * rows * tw);
-        let (h0, h1) = h01.split_at_mut(rows * tw);
-        let (h2, h3) = h23.split_at_mut(rows * tw);
-        let (h0, h1, h2, h3) = (
-            &mut h0[r * tw..][..tw],
-            &mut h1[r * tw..][..tw],
-            &mut h2[r * tw..][..tw],
-            &mut h3[r * tw..][..tw],
-        );
-        for tx in 0..tw {
-            let (a, b, c, d) = (
-                prow[2 * tx],
-                prow[2 * tx + 1],
-                prow[2 * tx + 2],
-                prow[2 * tx + 3],
-            );
-            h0[tx] = a - c;
-            h1[tx] = b + c;
-            h2[tx] = c - b;
-            h3[tx] = b - d;
-        }
-    }
-    // Column transform over the 4 padded rows 2ty..2ty+3 of each tile row.
-    for j in 0..4 {
-        let hj = &hbuf[j * rows * tw..][..rows * tw];
-        for ty in 0..th {
-            let r = |k: usize| &hj[(2 * ty + k) * tw..][..tw];
-            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
-            let at = |a: usize| (4 * a + j) * stride + col0 + ty * tw;
-            let (v0, rest) = v[at(0)..].split_at_mut(4 * stride);
-            let v1 = &mut rest[..tw];
-            for tx in 0..tw {
-                v0[tx] = r0[tx] - r2[tx];
-                v1[tx] = r1[tx] + r2[tx];
-            }
-            let (v2, rest) = v[at(2)..].split_at_mut(4 * stride);
-            let v3 = &mut rest[..tw];
-            for tx in 0..tw {
-                v2[tx] = r2[tx] - r1[tx];
-                v3[tx] = r1[tx] - r3[tx];
-            }
-        }
-    }
-}
-
-/// `dM[ξ][col0 + tile] = (A dy Aᵀ)[ξ]` for every 2×2 block `dy` of one output-gradient plane
-/// `[H, W]` (past the end: 0), the adjoint of [`output_tiles`]: per axis
-/// `(d₀, d₁) → (d₀, d₀ + d₁, d₀ − d₁, −d₁)`.
-#[inline(always)]
-fn gradient_tiles(
-    dy: &[f32],
-    (h, w): (usize, usize),
-    scratch: &mut [f32],
-    dm: &mut [f32],
-    col0: usize,
-    stride: usize,
-) {
-    let (th, tw) = (tiles(h), tiles(w));
-    let (s, _) = scratch.split_at_mut(4 * tw);
-    let (e, o) = s.split_at_mut(2 * tw);
-    for ty in 0..th {
-        // even (e) and odd (o) columns of the tile row's two gradient rows, 0 past the edges
-        for p in 0..2 {
-            let (ep, op) = (&mut e[p * tw..][..tw], &mut o[p * tw..][..tw]);
-            let y = 2 * ty + p;
-            if y >= h {
-                ep.fill(0.0);
-                op.fill(0.0);
-                continue;
-            }
-            let row = &dy[y * w..][..w];
-            let full = w / 2;
-            for tx in 0..full {
-                ep[tx] = row[2 * tx];
-                op[tx] = row[2 * tx + 1];
-            }
-            if w % 2 == 1 {
-                ep[full] = row[w - 1];
-                op[full] = 0.0;
-            }
-        }
-        let (e0, e1) = e.split_at(tw);
-        let (o0, o1) = o.split_at(tw);
-        for b in 0..4 {
-            let at = |a: usize| (4 * a + b) * stride + col0 + ty * tw;
-            let comb = |ev: f32, od: f32| match b {
-                0 => ev,
-                1 => ev + od,
-                2 => ev - od,
-                _ => -od,
-            };
-            for a in 0..4 {
-                let d = &mut dm[at(a)..][..tw];
-                for tx in 0..tw {
-                    let (r0, r1) = (comb(e0[tx], o0[tx]), comb(e1[tx], o1[tx]));
-                    d[tx] = match a {
-                        0 => r0,
-                        1 => r0 + r1,
-                        2 => r0 - r1,
-                        _ => -r1,
-                    };
-                }
-            }
-        }
-    }
-}
-
-/// One output channel plane `dst` `[H, W]` from `M[ξ][col0 + tile]` (`M[ξ]` at `ξ · stride`):
-/// `Aᵀ m A` per tile, Aᵀ = [[1,1,1,0],[0,1,−1,−1]]; the last row/column is dropped where H/W
-/// is odd.
-#[inline(always)]
-fn output_tiles(
-    m: &[f32],
-    col0: usize,
-    stride: usize,
-    (h, w): (usize, usize),
-    scratch: &mut [f32],
-    dst: &mut [std::mem::MaybeUninit<f32>],
-) {
-    let (th, tw) = (tiles(h), tiles(w));
-    let (s, _) = scratch.split_at_mut(8 * tw);
-    let (s0, s1) = s.split_at_mut(4 * tw);
-    for ty in 0..th {
-        let mm = |xi: usize| &m[xi * stride + col0 + ty * tw..][..tw];
-        // Rows of Aᵀ m: s0[j] = m0j + m1j + m2j, s1[j] = m1j − m2j − m3j.
-        for j in 0..4 {
-            let (m0, m1, m2, m3) = (mm(j), mm(4 + j), mm(8 + j), mm(12 + j));
-            let (a, b) = (&mut s0[j * tw..][..tw], &mut s1[j * tw..][..tw]);
-            for tx in 0..tw {
-                a[tx] = m0[tx] + m1[tx] + m2[tx];
-                b[tx] = m1[tx] - m2[tx] - m3[tx];
-            }
-        }
-        for (dy, s) in [&*s0, &*s1].into_iter().enumerate() {
-            let y = 2 * ty + dy;
-            if y >= h {
-                break;
-            }
-            let row = &mut dst[y * w..][..w];
-            let (c0, c1, c2, c3) = (&s[..tw], &s[tw..2 * tw], &s[2 * tw..3 * tw], &s[3 * tw..]);
-            let full = w / 2;
-            for tx in 0..full {
-                row[2 * tx].write(c0[tx] + c1[tx] + c2[tx]);
-                row[2 * tx + 1].write(c1[tx] - c2[tx] - c3[tx]);
-            }
-            if w % 2 == 1 {
-                row[w - 1].write(c0[full] + c1[full] + c2[full]);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
