@@ -8,9 +8,11 @@
 //! input tiles `[16][C_in][tiles]`). The transforms only add and halve, so the result differs
 //! from the direct sum by rounding alone (≈ 1e-6 of the output's scale).
 //!
-//! Used by [`super::fused`] for the forward pass and, with the filter flipped and its channels
-//! swapped, for the input gradient of such layers (the transposed convolution of a 3×3, stride-1,
-//! padding-1 layer is again one). The weight gradient keeps im2col.
+//! Used by [`super::fused`] for the forward pass, for the input gradient (the same routine with
+//! the filter flipped and its channels swapped: the transposed convolution of a 3×3, stride-1,
+//! padding-1 layer is again one) and for the weight gradient (`dU[ξ] = Σ dM[ξ] V[ξ]ᵀ`, then
+//! `Gᵀ dU G`). The transforms work channels-last, 16 channels per AVX-512 vector, so they cost the
+//! same per tile whether a feature map is 28 or 4 pixels wide.
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -75,7 +77,7 @@ fn tiles(size: usize) -> usize {
 
 /// Images per group: one group's 16 GEMMs get ≥ 64 columns (tiles), so that small late feature
 /// maps still make GEMMs worth their packing while V and M stay small (ResNet-18 step on
-/// Fashion-MNIST: 32, 64, 128 and 256 columns within the machine's noise, 7.5–8.8 s).
+/// Fashion-MNIST, first version: 32, 64, 128 and 256 columns all within the machine's noise).
 fn group(n: usize, t: usize) -> usize {
     64usize.div_ceil(t).clamp(1, n.max(1))
 }
