@@ -3,9 +3,9 @@
 //! outputs comes from a 4×4 block of inputs with 16 multiplies per (input, output) channel pair
 //! instead of 36, so the GEMM work of such a layer drops 2.25×.
 //!
-//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d Bᵀᵀ)] A` per tile; over channels the 16 element-wise products become
-//! 16 GEMMs `M[ξ] = U[ξ] · V[ξ]` (`U`: transformed filters `[16][C_out][C_in]`, `V`: transformed
-//! input tiles `[16][C_in][tiles]`). The transforms only add and halve, so the result differs
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` per tile; over channels the 16 element-wise products become
+//! 16 GEMMs `M[ξ] = U[ξ] · V[ξ]` (`U[ξ]`: transformed filters, `C_out × C_in`; `V[ξ]`: transformed
+//! input tiles, `C_in × tiles`, stored `[tile][channel]`). The transforms only add and halve, so the result differs
 //! from the direct sum by rounding alone (≈ 1e-6 of the output's scale).
 //!
 //! Used by [`super::fused`] for the forward pass, for the input gradient (the same routine with
