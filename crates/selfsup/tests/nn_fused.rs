@@ -449,11 +449,15 @@ fn fused_backward_sums_are_reproducible() {
     device.seed(23);
     let conv = conv_layer(&CONV_CASES[4], &device);
     let x = Tensor::<4>::random([70, 3, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+    // 3×3 stride 1 with ≥ 16 channels: the Winograd weight gradient's partial sums
+    let wconv = conv_layer(&CONV_CASES[10], &device);
+    let xw = Tensor::<4>::random([40, 24, 4, 4], Distribution::Normal(0.0, 1.0), &device);
     let xl = Tensor::<3>::random([9, 100, 40], Distribution::Normal(0.0, 1.0), &device);
     let w = Tensor::<1>::ones([40], &device).require_grad();
     let b = Tensor::<1>::zeros([40], &device).require_grad();
     let run = || {
         let gc = conv2d(&conv, x.clone()).powi_scalar(3).sum().backward();
+        let gw = conv2d(&wconv, xw.clone()).powi_scalar(3).sum().backward();
         let gl = layer_norm(xl.clone(), w.clone(), b.clone(), 1e-5)
             .unwrap()
             .powi_scalar(3)
@@ -461,6 +465,7 @@ fn fused_backward_sums_are_reproducible() {
             .backward();
         (
             values(conv.weight.val().grad(&gc).unwrap()),
+            values(wconv.weight.val().grad(&gw).unwrap()),
             values(w.grad(&gl).unwrap()),
             values(b.grad(&gl).unwrap()),
         )
