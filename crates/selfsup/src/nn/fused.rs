@@ -545,7 +545,7 @@ pub(super) unsafe fn gemm_strided(
 ///
 /// # Safety
 /// As [`gemm_strided`]'s.
-unsafe fn gemm_fp32(
+pub(super) unsafe fn gemm_fp32(
     (m, n, k): (usize, usize, usize),
     dst: (*mut f32, usize, usize),
     lhs: (*const f32, usize, usize),

@@ -14,10 +14,10 @@
 //! `Gᵀ dU G`). The transforms work channels-last, 16 channels per AVX-512 vector, so they cost the
 //! same per tile whether a feature map is 28 or 4 pixels wide.
 
-use gemm::{gemm, Parallelism};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fused::{assume_filled, simd, uninit_vec};
+use super::fused::{assume_filled, gemm_fp32, simd, uninit_vec};
 
 /// Transformed filters `U[ξ] = (G g Gᵀ)[ξ]` of `w` `[C_out, C_in, 3, 3]`, `ξ = 4·row + col`, each
 /// `U[ξ]` a column-major `C_out × C_in` matrix (`[16][C_in][C_out]`), the layout the GEMM reads
@@ -359,25 +359,14 @@ pub(super) fn conv3x3(
                 let ld = imgs * t;
                 for xi in 0..16 {
                     // M[ξ] (C_out × tiles, channels-last) = U[ξ] (C_out × C_in) · V[ξ] (C_in × tiles)
+                    // SAFETY: the three matrices lie inside m, u and v (strides as allocated).
                     unsafe {
-                        gemm(
-                            c_out,
-                            ld,
-                            c_in,
-                            m.as_mut_ptr().add(xi * cols * cpo),
-                            cpo as isize,
-                            1,
-                            false,
-                            u.as_ptr().add(xi * c_out * c_in),
-                            c_out as isize,
-                            1,
-                            v.as_ptr().add(xi * cols * cpi),
-                            cpi as isize,
-                            1,
-                            0.0,
+                        gemm_fp32(
+                            (c_out, ld, c_in),
+                            (m.as_mut_ptr().add(xi * cols * cpo), 1, cpo),
+                            (u.as_ptr().add(xi * c_out * c_in), 1, c_out),
+                            (v.as_ptr().add(xi * cols * cpi), 1, cpi),
                             1.0,
-                            false,
-                            false,
                             false,
                             Parallelism::None,
                         );
@@ -464,26 +453,15 @@ pub(super) fn weight_grad3x3(
                 }
                 for xi in 0..16 {
                     // dU[ξ] (C_out × C_in) += dM[ξ] (C_out × tiles) · V[ξ]ᵀ (tiles × C_in)
+                    // SAFETY: the three matrices lie inside du, dm and v (strides as allocated).
                     unsafe {
-                        gemm(
-                            c_out,
-                            c_in,
-                            ld,
-                            du.as_mut_ptr().add(xi * c_out * c_in),
-                            c_out as isize,
-                            1,
+                        gemm_fp32(
+                            (c_out, c_in, ld),
+                            (du.as_mut_ptr().add(xi * c_out * c_in), 1, c_out),
+                            (dm.as_ptr().add(xi * cols * cpo), 1, cpo),
+                            (v.as_ptr().add(xi * cols * cpi), cpi, 1),
+                            1.0,
                             true,
-                            dm.as_ptr().add(xi * cols * cpo),
-                            cpo as isize,
-                            1,
-                            v.as_ptr().add(xi * cols * cpi),
-                            1,
-                            cpi as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
                             Parallelism::None,
                         );
                     }
