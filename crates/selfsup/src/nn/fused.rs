@@ -31,6 +31,8 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, DispatchDevice, Flex};
+
+use super::small_gemm::{small_gemm, transpose};
 use burn::tensor::{DType, Tensor, TensorData};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -365,7 +367,7 @@ pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
 /// What [`simd`] runs: 2 = AVX-512 (F, VL, BW, DQ) + FMA, 1 = AVX2 + FMA, 0 = the baseline
 /// (or `SELFSUP_NO_FUSED=simd`); detected once.
 #[cfg(target_arch = "x86_64")]
-fn simd_level() -> u8 {
+pub(super) fn simd_level() -> u8 {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<u8> = OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -497,22 +499,6 @@ unsafe fn conv_matmul(
     }
 }
 
-/// [`matmul`] always in fp32, whatever [`super::bf16_gemm::matmul_precision`] says: attention's
-/// small per-head products stay fp32 (in bf16 the GPT step was no faster: 160–169 vs 165–167 ms,
-/// the packing outweighing the faster multiply-adds at these sizes).
-///
-/// # Safety
-/// As [`gemm_strided`]'s.
-unsafe fn matmul_fp32(
-    dims: (usize, usize, usize),
-    dst: (*mut f32, usize, usize),
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
-    beta: f32,
-) {
-    unsafe { gemm_fp32(dims, dst, lhs, rhs, beta, false, Parallelism::None) }
-}
-
 /// `dst[m×n] (+)= beta · lhs[m×k] · rhs[k×n]` (accumulating into dst when `accumulate`), every
 /// matrix given by (pointer, row stride, column stride) in elements: the `gemm` crate's call in
 /// row-major terms.
@@ -580,15 +566,21 @@ pub(super) unsafe fn gemm_fp32(
 }
 
 /// Query rows per block of the attention kernels: block `[r0, r1)` needs keys `0..r1` only, so
-/// the masked upper triangle beyond each diagonal block is never computed (≈ 60% of the
-/// full products at T = 128).
-const ATTN_BLOCK: usize = 32;
+/// the masked upper triangle beyond each diagonal block is never computed. With the
+/// register-tiled [`small_gemm`] (AVX-512) blocks are 8 rows (≈ 10% over the triangle at
+/// T = 128); the `gemm` crate's per-call setup wants 32 (≈ 25% over).
+fn attn_block() -> usize {
+    if super::small_gemm::fast() {
+        8
+    } else {
+        32
+    }
+}
 
 /// The query blocks `(r0, r1)` of `t` positions.
 fn attn_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..t)
-        .step_by(ATTN_BLOCK)
-        .map(move |r0| (r0, (r0 + ATTN_BLOCK).min(t)))
+    let blk = attn_block();
+    (0..t).step_by(blk).map(move |r0| (r0, (r0 + blk).min(t)))
 }
 
 /// Forward: (context `[B, T, D]`, probabilities `[B, H, T, T]`).
@@ -601,50 +593,54 @@ fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTenso
     let mut probs = vec![0.0f32; b * h * t * t];
     let out_ptr = SharedMut(out.as_mut_ptr().cast::<f32>());
     let x = &x[..];
-    probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
-        let (bi, hi) = (bh / h, bh % h);
-        let base = bi * t * 3 * d + hi * dh;
-        let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
-        let out_ptr = out_ptr;
-        for (r0, r1) in attn_blocks(t) {
-            unsafe {
-                // S[r0..r1, ..r1] = scale · Q[r0..r1] K[..r1]ᵀ  (Kᵀ read through strides)
-                matmul_fp32(
-                    (r1 - r0, r1, dh),
-                    (p.as_mut_ptr().add(r0 * t), t, 1),
-                    (q.as_ptr().add(r0 * 3 * d), 3 * d, 1),
-                    (k.as_ptr(), 1, 3 * d),
-                    scale,
-                );
-            }
-            // causal mask + softmax, one row at a time; masked entries are exactly 0
-            simd(
-                #[inline(always)]
-                || {
-                    for i in r0..r1 {
-                        let row = &mut p[i * t..(i + 1) * t];
-                        let max = lane_max(&row[..=i]);
-                        for s in &mut row[..=i] {
-                            *s = fast_exp(*s - max);
+    probs.par_chunks_mut(t * t).enumerate().for_each_init(
+        || vec![0.0f32; dh * t],
+        |kt, (bh, p)| {
+            let (bi, hi) = (bh / h, bh % h);
+            let base = bi * t * 3 * d + hi * dh;
+            let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
+            transpose(k, 3 * d, t, dh, kt);
+            let out_ptr = out_ptr;
+            for (r0, r1) in attn_blocks(t) {
+                unsafe {
+                    // S[r0..r1, ..r1] = scale · Q[r0..r1] K[..r1]ᵀ
+                    small_gemm(
+                        (r1 - r0, r1, dh),
+                        (p.as_mut_ptr().add(r0 * t), t),
+                        (q.as_ptr().add(r0 * 3 * d), 3 * d, 1),
+                        (kt.as_ptr(), t),
+                        scale,
+                    );
+                }
+                // causal mask + softmax, one row at a time; masked entries are exactly 0
+                simd(
+                    #[inline(always)]
+                    || {
+                        for i in r0..r1 {
+                            let row = &mut p[i * t..(i + 1) * t];
+                            let max = lane_max(&row[..=i]);
+                            for s in &mut row[..=i] {
+                                *s = fast_exp(*s - max);
+                            }
+                            let inv = 1.0 / lane_sum([&row[..=i]], |[x]| x);
+                            row[..=i].iter_mut().for_each(|s| *s *= inv);
+                            row[i + 1..].iter_mut().for_each(|s| *s = 0.0);
                         }
-                        let inv = 1.0 / lane_sum([&row[..=i]], |[x]| x);
-                        row[..=i].iter_mut().for_each(|s| *s *= inv);
-                        row[i + 1..].iter_mut().for_each(|s| *s = 0.0);
-                    }
-                },
-            );
-            unsafe {
-                // O[r0..r1] = P[r0..r1, ..r1] V[..r1], into this head's columns of the output
-                matmul_fp32(
-                    (r1 - r0, dh, r1),
-                    (out_ptr.0.add(bi * t * d + r0 * d + hi * dh), d, 1),
-                    (p.as_ptr().add(r0 * t), t, 1),
-                    (v.as_ptr(), 3 * d, 1),
-                    1.0,
+                    },
                 );
+                unsafe {
+                    // O[r0..r1] = P[r0..r1, ..r1] V[..r1], into this head's output columns
+                    small_gemm(
+                        (r1 - r0, dh, r1),
+                        (out_ptr.0.add(bi * t * d + r0 * d + hi * dh), d),
+                        (p.as_ptr().add(r0 * t), t, 1),
+                        (v.as_ptr(), 3 * d),
+                        1.0,
+                    );
+                }
             }
-        }
-    });
+        },
+    );
     // SAFETY: the blocks of every (sequence, head) wrote all rows of that head's columns.
     let out = unsafe { assume_filled(out) };
     (
@@ -670,8 +666,8 @@ fn attention_backward(
     let dx_ptr = SharedMut(dx.as_mut_ptr().cast::<f32>());
     let (x, p_all, g) = (&x[..], &p_all[..], &g[..]);
     (0..b * h).into_par_iter().for_each_init(
-        || vec![0.0f32; t * t],
-        |ds, bh| {
+        || (vec![0.0f32; t * t], vec![0.0f32; dh * t]),
+        |(ds, vt), bh| {
             let (bi, hi) = (bh / h, bh % h);
             let base = bi * t * 3 * d + hi * dh;
             let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
@@ -679,16 +675,17 @@ fn attention_backward(
             let go = &g[bi * t * d + hi * dh..];
             let dx_ptr = dx_ptr;
             let dbase = unsafe { dx_ptr.0.add(base) };
+            transpose(v, 3 * d, t, dh, vt);
             // Pass 1, per query block: dP = dO Vᵀ (keys ..r1), then dS = P ∘ (dP − Σⱼ P dP)
             // row by row, zero where masked (P is); rows of `ds` past the block's keys keep
             // stale values that the products below never read.
             for (r0, r1) in attn_blocks(t) {
                 unsafe {
-                    matmul_fp32(
+                    small_gemm(
                         (r1 - r0, r1, dh),
-                        (ds.as_mut_ptr().add(r0 * t), t, 1),
+                        (ds.as_mut_ptr().add(r0 * t), t),
                         (go.as_ptr().add(r0 * d), d, 1),
-                        (v.as_ptr(), 1, 3 * d),
+                        (vt.as_ptr(), t),
                         1.0,
                     );
                 }
@@ -707,11 +704,11 @@ fn attention_backward(
                 );
                 unsafe {
                     // dQ[r0..r1] = scale · dS[r0..r1, ..r1] K[..r1]
-                    matmul_fp32(
+                    small_gemm(
                         (r1 - r0, dh, r1),
-                        (dbase.add(r0 * 3 * d), 3 * d, 1),
+                        (dbase.add(r0 * 3 * d), 3 * d),
                         (ds.as_ptr().add(r0 * t), t, 1),
-                        (k.as_ptr(), 3 * d, 1),
+                        (k.as_ptr(), 3 * d),
                         scale,
                     );
                 }
@@ -720,19 +717,19 @@ fn attention_backward(
             for (c0, c1) in attn_blocks(t) {
                 unsafe {
                     // dV[c0..c1] = P[c0.., c0..c1]ᵀ dO[c0..]
-                    matmul_fp32(
+                    small_gemm(
                         (c1 - c0, dh, t - c0),
-                        (dbase.add(2 * d + c0 * 3 * d), 3 * d, 1),
+                        (dbase.add(2 * d + c0 * 3 * d), 3 * d),
                         (p.as_ptr().add(c0 * t + c0), 1, t),
-                        (go.as_ptr().add(c0 * d), d, 1),
+                        (go.as_ptr().add(c0 * d), d),
                         1.0,
                     );
                     // dK[c0..c1] = scale · dS[c0.., c0..c1]ᵀ Q[c0..]
-                    matmul_fp32(
+                    small_gemm(
                         (c1 - c0, dh, t - c0),
-                        (dbase.add(d + c0 * 3 * d), 3 * d, 1),
+                        (dbase.add(d + c0 * 3 * d), 3 * d),
                         (ds.as_ptr().add(c0 * t + c0), 1, t),
-                        (q.as_ptr().add(c0 * 3 * d), 3 * d, 1),
+                        (q.as_ptr().add(c0 * 3 * d), 3 * d),
                         scale,
                     );
                 }
@@ -1688,7 +1685,12 @@ pub(super) fn fast_exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // n is an integer in [-126, 127] (or NaN, whose p is NaN too). Its bits come from the float
+    // itself: n + 1.5·2²³ is exact and holds n in its low mantissa bits. `n as i32` would be the
+    // same number, but its saturating semantics keep LLVM from vectorizing it (16 scalar
+    // conversions per vector made GELU's backward 3× slower).
+    let n_bits = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
+    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// erf for f32 as a rational function of x (Eigen's `generic_fast_erf_float`; |error| < 4e-7),
@@ -1903,6 +1905,38 @@ pub fn adamw_step<const D: usize>(
 #[cfg(test)]
 mod tests {
     use super::{lane_max, lane_sum};
+
+    /// fast_exp: relative error ≤ 3e-7 against f64 over its range, exactly the value of the
+    /// plain `n as i32` formula (the bit trick changes speed, not results), saturation at the
+    /// clamps, NaN through.
+    #[test]
+    fn fast_exp_is_accurate_and_equals_the_integer_conversion_formula() {
+        let plain = |x: f32| {
+            let x = x.clamp(-87.0, 88.0);
+            let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+            let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+            let p = 1.0
+                + r * (1.0
+                    + r * (0.5
+                        + r * (1.0 / 6.0
+                            + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+            p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        };
+        let mut x = -100.0f32;
+        while x < 100.0 {
+            let got = super::fast_exp(x);
+            assert_eq!(got.to_bits(), plain(x).to_bits(), "x = {x}");
+            let want = (x.clamp(-87.0, 88.0) as f64).exp();
+            assert!(
+                ((got as f64 - want) / want).abs() < 3e-7,
+                "x = {x}: {got} vs {want}"
+            );
+            x += 0.000_37;
+        }
+        assert!(super::fast_exp(f32::NAN).is_nan());
+        assert_eq!(super::fast_exp(f32::NEG_INFINITY), plain(-87.0));
+        assert_eq!(super::fast_exp(f32::INFINITY), plain(88.0));
+    }
 
     /// The AVX-512 row copies/additions of im2col and col2im against the scalar loops, bit for
     /// bit: strides 1–3 (3 stays scalar), paddings 0–2, kernels 1–5, widths around the 16-lane

@@ -9,6 +9,7 @@ pub mod fused_loss;
 pub mod init;
 pub mod mlp;
 pub mod representation;
+mod small_gemm;
 pub mod transformer;
 pub mod vae_nets;
 mod winograd;
