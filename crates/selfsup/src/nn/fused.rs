@@ -590,12 +590,20 @@ fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTenso
     let scale = 1.0 / (dh as f32).sqrt();
     // Written only through the GEMMs' pointers, every element: no zeroing pass.
     let mut out = uninit_vec(b * t * d);
-    let mut probs = vec![0.0f32; b * h * t * t];
+    // Zeroed by each task just before use: a zeroed allocation is a serial memset on the
+    // calling thread once the allocator reuses memory.
+    let mut probs = uninit_vec(b * h * t * t);
     let out_ptr = SharedMut(out.as_mut_ptr().cast::<f32>());
     let x = &x[..];
     probs.par_chunks_mut(t * t).enumerate().for_each_init(
         || vec![0.0f32; dh * t],
         |kt, (bh, p)| {
+            p.iter_mut().for_each(|s| {
+                s.write(0.0);
+            });
+            // SAFETY: every element was just written.
+            let p =
+                unsafe { std::slice::from_raw_parts_mut(p.as_mut_ptr().cast::<f32>(), p.len()) };
             let (bi, hi) = (bh / h, bh % h);
             let base = bi * t * 3 * d + hi * dh;
             let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
@@ -642,7 +650,8 @@ fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTenso
         },
     );
     // SAFETY: the blocks of every (sequence, head) wrote all rows of that head's columns.
-    let out = unsafe { assume_filled(out) };
+    // (and every task zeroed its chunk of probs)
+    let (out, probs) = unsafe { (assume_filled(out), assume_filled(probs)) };
     (
         flex(out, [b, t, d]),
         FlexTensor::from_data(TensorData::new(probs, [b, h, t, t])),
