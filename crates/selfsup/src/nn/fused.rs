@@ -213,9 +213,9 @@ impl<S: Clone + Send + std::fmt::Debug + 'static, const N: usize> Backward<Flex,
 
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     fn causal_self_attention(qkv: FloatTensor<Self>, n_heads: usize) -> FloatTensor<Self> {
-        // State: the input `[B, T, 3D]`, the probabilities `[B, H, T, T]` and H.
-        let backward = FusedBackward::<(FlexTensor, FlexTensor, usize), 1>(|(qkv, p, h), g, _| {
-            [Some(attention_backward(&qkv, &p, g, h))]
+        // State: the input `[B, T, 3D]`, the softmax statistics `[B, H, T, 2]` and H.
+        let backward = FusedBackward::<(FlexTensor, FlexTensor, usize), 1>(|(qkv, st, h), g, _| {
+            [Some(attention_backward(&qkv, &st, g, h))]
         });
         match backward
             .prepare::<C>([qkv.node()])
@@ -224,8 +224,8 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let input = qkv.primitive().clone();
-                let (out, probs) = attention_forward(&input, n_heads);
-                prep.finish((input, probs, n_heads), out)
+                let (out, stats) = attention_forward(&input, n_heads);
+                prep.finish((input, stats, n_heads), out)
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(attention_forward(&qkv.into_primitive(), n_heads).0)
@@ -583,56 +583,72 @@ fn attn_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..t).step_by(blk).map(move |r0| (r0, (r0 + blk).min(t)))
 }
 
-/// Forward: (context `[B, T, D]`, probabilities `[B, H, T, T]`).
+/// `S[r0..r1, ..r1] = scale · Q[r0..r1] K[..r1]ᵀ` into `p` (row `i` at `p[(i − r0) · t..]`), `kt`
+/// being Kᵀ `[Dh, T]`, `q` the head's first query (rows `3D` apart).
+///
+/// # Safety
+/// `p` must hold `(r1 − r0) · t` values; `q` rows `r0..r1` of `dh` values must exist.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_scores(
+    p: &mut [f32],
+    q: &[f32],
+    kt: &[f32],
+    (r0, r1): (usize, usize),
+    (t, dh, d3): (usize, usize, usize),
+    scale: f32,
+) {
+    debug_assert!(p.len() >= (r1 - r0) * t && kt.len() >= dh * t);
+    unsafe {
+        small_gemm(
+            (r1 - r0, r1, dh),
+            (p.as_mut_ptr(), t),
+            (q.as_ptr().add(r0 * d3), d3, 1),
+            (kt.as_ptr(), t),
+            scale,
+        )
+    }
+}
+
+/// Forward: (context `[B, T, D]`, softmax statistics `[B, H, T, 2]`: each query row's max score
+/// and 1 / Σ exp(score − max)). The probabilities are not kept: the backward recomputes them
+/// from the scores and these two numbers, bit for bit as here (flash-attention style), so the
+/// saved state is O(T) per head instead of O(T²).
 fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTensor) {
     let Dims { b, t, h, dh, d } = Dims::of(qkv, n_heads);
     let x = f32_slice(qkv);
     let scale = 1.0 / (dh as f32).sqrt();
+    let blk = attn_block();
     // Written only through the GEMMs' pointers, every element: no zeroing pass.
     let mut out = uninit_vec(b * t * d);
-    // Zeroed by each task just before use: a zeroed allocation is a serial memset on the
-    // calling thread once the allocator reuses memory.
-    let mut probs = uninit_vec(b * h * t * t);
+    let mut stats = vec![0.0f32; b * h * t * 2];
     let out_ptr = SharedMut(out.as_mut_ptr().cast::<f32>());
     let x = &x[..];
-    probs.par_chunks_mut(t * t).enumerate().for_each_init(
-        || vec![0.0f32; dh * t],
-        |kt, (bh, p)| {
-            p.iter_mut().for_each(|s| {
-                s.write(0.0);
-            });
-            // SAFETY: every element was just written.
-            let p =
-                unsafe { std::slice::from_raw_parts_mut(p.as_mut_ptr().cast::<f32>(), p.len()) };
+    stats.par_chunks_mut(2 * t).enumerate().for_each_init(
+        || (vec![0.0f32; dh * t], vec![0.0f32; blk * t]),
+        |(kt, p), (bh, st)| {
             let (bi, hi) = (bh / h, bh % h);
             let base = bi * t * 3 * d + hi * dh;
             let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
             transpose(k, 3 * d, t, dh, kt);
             let out_ptr = out_ptr;
             for (r0, r1) in attn_blocks(t) {
-                unsafe {
-                    // S[r0..r1, ..r1] = scale · Q[r0..r1] K[..r1]ᵀ
-                    small_gemm(
-                        (r1 - r0, r1, dh),
-                        (p.as_mut_ptr().add(r0 * t), t),
-                        (q.as_ptr().add(r0 * 3 * d), 3 * d, 1),
-                        (kt.as_ptr(), t),
-                        scale,
-                    );
-                }
-                // causal mask + softmax, one row at a time; masked entries are exactly 0
+                // SAFETY: p holds blk ≥ r1 − r0 rows of t.
+                unsafe { attention_scores(p, q, kt, (r0, r1), (t, dh, 3 * d), scale) };
+                // causal mask + softmax, one row at a time; masked entries (up to the block's
+                // last key, all that the product below reads) are exactly 0
                 simd(
                     #[inline(always)]
                     || {
                         for i in r0..r1 {
-                            let row = &mut p[i * t..(i + 1) * t];
+                            let row = &mut p[(i - r0) * t..(i - r0 + 1) * t];
                             let max = lane_max(&row[..=i]);
                             for s in &mut row[..=i] {
                                 *s = fast_exp(*s - max);
                             }
                             let inv = 1.0 / lane_sum([&row[..=i]], |[x]| x);
                             row[..=i].iter_mut().for_each(|s| *s *= inv);
-                            row[i + 1..].iter_mut().for_each(|s| *s = 0.0);
+                            row[i + 1..r1].iter_mut().for_each(|s| *s = 0.0);
+                            (st[2 * i], st[2 * i + 1]) = (max, inv);
                         }
                     },
                 );
@@ -641,7 +657,7 @@ fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTenso
                     small_gemm(
                         (r1 - r0, dh, r1),
                         (out_ptr.0.add(bi * t * d + r0 * d + hi * dh), d),
-                        (p.as_ptr().add(r0 * t), t, 1),
+                        (p.as_ptr(), t, 1),
                         (v.as_ptr(), 3 * d),
                         1.0,
                     );
@@ -650,46 +666,63 @@ fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTenso
         },
     );
     // SAFETY: the blocks of every (sequence, head) wrote all rows of that head's columns.
-    // (and every task zeroed its chunk of probs)
-    let (out, probs) = unsafe { (assume_filled(out), assume_filled(probs)) };
+    let out = unsafe { assume_filled(out) };
     (
         flex(out, [b, t, d]),
-        FlexTensor::from_data(TensorData::new(probs, [b, h, t, t])),
+        FlexTensor::from_data(TensorData::new(stats, [b, h, t, 2])),
     )
 }
 
-/// Backward: the gradient `[B, T, 3D]` of the input from that of the output `[B, T, D]`.
+thread_local! {
+    /// The attention backward's per-thread work matrices.
+    static ATTN_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Backward: the gradient `[B, T, 3D]` of the input from that of the output `[B, T, D]`, with the
+/// forward's softmax statistics.
 fn attention_backward(
     qkv: &FlexTensor,
-    probs: &FlexTensor,
+    stats: &FlexTensor,
     grad: &FlexTensor,
     n_heads: usize,
 ) -> FlexTensor {
     let Dims { b, t, h, dh, d } = Dims::of(qkv, n_heads);
     let x = f32_slice(qkv);
-    let p_all = f32_slice(probs);
+    let st_all = f32_slice(stats);
     let g = f32_slice(grad);
     let scale = 1.0 / (dh as f32).sqrt();
     // Written only through the GEMMs' pointers, every element: no zeroing pass.
     let mut dx = uninit_vec(b * t * 3 * d);
     let dx_ptr = SharedMut(dx.as_mut_ptr().cast::<f32>());
-    let (x, p_all, g) = (&x[..], &p_all[..], &g[..]);
-    (0..b * h).into_par_iter().for_each_init(
-        || (vec![0.0f32; t * t], vec![0.0f32; dh * t]),
-        |(ds, vt), bh| {
+    let (x, st_all, g) = (&x[..], &st_all[..], &g[..]);
+    (0..b * h).into_par_iter().for_each(|bh| {
+        ATTN_SCRATCH.with_borrow_mut(|scratch| {
+            // Per thread and kept between calls: two T × T and two Dh × T matrices are 8 MiB at
+            // T = 1024, which rayon's per-split initialisation would allocate and fault in again
+            // several times per call.
+            if scratch.len() < 2 * t * t + 2 * dh * t {
+                scratch.resize(2 * t * t + 2 * dh * t, 0.0);
+            }
+            let (p, rest) = scratch.split_at_mut(t * t);
+            let (ds, rest) = rest.split_at_mut(t * t);
+            let (kt, rest) = rest.split_at_mut(dh * t);
+            let vt = &mut rest[..dh * t];
             let (bi, hi) = (bh / h, bh % h);
             let base = bi * t * 3 * d + hi * dh;
             let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
-            let p = &p_all[bh * t * t..(bh + 1) * t * t];
+            let st = &st_all[bh * 2 * t..(bh + 1) * 2 * t];
             let go = &g[bi * t * d + hi * dh..];
             let dx_ptr = dx_ptr;
             let dbase = unsafe { dx_ptr.0.add(base) };
+            transpose(k, 3 * d, t, dh, kt);
             transpose(v, 3 * d, t, dh, vt);
-            // Pass 1, per query block: dP = dO Vᵀ (keys ..r1), then dS = P ∘ (dP − Σⱼ P dP)
-            // row by row, zero where masked (P is); rows of `ds` past the block's keys keep
-            // stale values that the products below never read.
+            // Pass 1, per query block: P again from the scores and the forward's statistics
+            // (the same products and the same arithmetic, so the same bits), zero where masked;
+            // dP = dO Vᵀ (keys ..r1), then dS = P ∘ (dP − Σⱼ P dP) row by row. Entries of `p` and
+            // `ds` past each block's last key keep stale values that the products never read.
             for (r0, r1) in attn_blocks(t) {
                 unsafe {
+                    attention_scores(&mut p[r0 * t..], q, kt, (r0, r1), (t, dh, 3 * d), scale);
                     small_gemm(
                         (r1 - r0, r1, dh),
                         (ds.as_mut_ptr().add(r0 * t), t),
@@ -702,7 +735,14 @@ fn attention_backward(
                     #[inline(always)]
                     || {
                         for i in r0..r1 {
-                            let (pr, dr) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
+                            let (pr, dr) =
+                                (&mut p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
+                            let (max, inv) = (st[2 * i], st[2 * i + 1]);
+                            for s in &mut pr[..=i] {
+                                *s = fast_exp(*s - max);
+                            }
+                            pr[..=i].iter_mut().for_each(|s| *s *= inv);
+                            pr[i + 1..r1].iter_mut().for_each(|s| *s = 0.0);
                             let dot = lane_sum([&pr[..=i], &dr[..=i]], |[p, d]| p * d);
                             for (dsv, pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
                                 *dsv = pv * (*dsv - dot);
@@ -743,8 +783,8 @@ fn attention_backward(
                     );
                 }
             }
-        },
-    );
+        })
+    });
     // SAFETY: dQ, dK and dV of every (sequence, head) cover all rows of its columns.
     let dx = unsafe { assume_filled(dx) };
     flex(dx, [b, t, 3 * d])
