@@ -59,6 +59,27 @@ fn fused_attention_matches_the_generic_ops_values_and_gradients() {
     }
 }
 
+/// A context long enough (T = 2900, 2 · T² floats > 64 MiB) that the backward allocates its work
+/// matrices per call instead of keeping them per thread: still the reference's values and
+/// gradients. The softmax runs over up to 2900 keys, so rounding in the sums grows with them.
+#[test]
+fn fused_attention_matches_at_a_long_context() {
+    let device = Device::flex().autodiff();
+    let (b, t, h, dh) = (1, 2900, 1, 2);
+    device.seed(11);
+    let x = Tensor::<3>::random([b, t, 3 * h * dh], Distribution::Normal(0.0, 2.0), &device);
+    let w = Tensor::<3>::random([b, t, h * dh], Distribution::Normal(0.0, 1.0), &device);
+    let xf = x.clone().require_grad();
+    let yf = causal_self_attention(xf.clone(), h);
+    let gf = (yf.clone() * w.clone()).sum().backward();
+    let xr = x.require_grad();
+    let yr = causal_self_attention_reference(xr.clone(), h);
+    let gr = (yr.clone() * w).sum().backward();
+    assert_close("T 2900 output", &values(yf), &values(yr), 1e-5);
+    let (dxf, dxr) = (xf.grad(&gf).unwrap(), xr.grad(&gr).unwrap());
+    assert_close("T 2900 d input", &values(dxf), &values(dxr), 1e-4);
+}
+
 #[test]
 fn fused_attention_is_causal() {
     // Changing a later position must not change an earlier output.

@@ -673,6 +673,9 @@ fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTenso
     )
 }
 
+/// The largest attention backward work area (floats) kept per thread between calls: 64 MiB.
+const ATTN_SCRATCH_MAX: usize = 16 << 20;
+
 thread_local! {
     /// The attention backward's per-thread work matrices.
     static ATTN_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -695,95 +698,103 @@ fn attention_backward(
     let mut dx = uninit_vec(b * t * 3 * d);
     let dx_ptr = SharedMut(dx.as_mut_ptr().cast::<f32>());
     let (x, st_all, g) = (&x[..], &st_all[..], &g[..]);
-    (0..b * h).into_par_iter().for_each(|bh| {
-        ATTN_SCRATCH.with_borrow_mut(|scratch| {
-            // Per thread and kept between calls: two T × T and two Dh × T matrices are 8 MiB at
-            // T = 1024, which rayon's per-split initialisation would allocate and fault in again
-            // several times per call.
-            if scratch.len() < 2 * t * t + 2 * dh * t {
-                scratch.resize(2 * t * t + 2 * dh * t, 0.0);
-            }
-            let (p, rest) = scratch.split_at_mut(t * t);
-            let (ds, rest) = rest.split_at_mut(t * t);
-            let (kt, rest) = rest.split_at_mut(dh * t);
-            let vt = &mut rest[..dh * t];
-            let (bi, hi) = (bh / h, bh % h);
-            let base = bi * t * 3 * d + hi * dh;
-            let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
-            let st = &st_all[bh * 2 * t..(bh + 1) * 2 * t];
-            let go = &g[bi * t * d + hi * dh..];
-            let dx_ptr = dx_ptr;
-            let dbase = unsafe { dx_ptr.0.add(base) };
-            transpose(k, 3 * d, t, dh, kt);
-            transpose(v, 3 * d, t, dh, vt);
-            // Pass 1, per query block: P again from the scores and the forward's statistics
-            // (the same products and the same arithmetic, so the same bits), zero where masked;
-            // dP = dO Vᵀ (keys ..r1), then dS = P ∘ (dP − Σⱼ P dP) row by row. Entries of `p` and
-            // `ds` past each block's last key keep stale values that the products never read.
-            for (r0, r1) in attn_blocks(t) {
-                unsafe {
-                    attention_scores(&mut p[r0 * t..], q, kt, (r0, r1), (t, dh, 3 * d), scale);
-                    small_gemm(
-                        (r1 - r0, r1, dh),
-                        (ds.as_mut_ptr().add(r0 * t), t),
-                        (go.as_ptr().add(r0 * d), d, 1),
-                        (vt.as_ptr(), t),
-                        1.0,
-                    );
-                }
-                simd(
-                    #[inline(always)]
-                    || {
-                        for i in r0..r1 {
-                            let (pr, dr) =
-                                (&mut p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
-                            let (max, inv) = (st[2 * i], st[2 * i + 1]);
-                            for s in &mut pr[..=i] {
-                                *s = fast_exp(*s - max);
-                            }
-                            pr[..=i].iter_mut().for_each(|s| *s *= inv);
-                            pr[i + 1..r1].iter_mut().for_each(|s| *s = 0.0);
-                            let dot = lane_sum([&pr[..=i], &dr[..=i]], |[p, d]| p * d);
-                            for (dsv, pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
-                                *dsv = pv * (*dsv - dot);
-                            }
-                            dr[i + 1..r1].iter_mut().for_each(|s| *s = 0.0);
-                        }
-                    },
+    // Work matrices per (sequence, head): two T × T and two Dh × T.
+    let need = 2 * t * t + 2 * dh * t;
+    let head = |bh: usize, scratch: &mut [f32]| {
+        let (p, rest) = scratch.split_at_mut(t * t);
+        let (ds, rest) = rest.split_at_mut(t * t);
+        let (kt, rest) = rest.split_at_mut(dh * t);
+        let vt = &mut rest[..dh * t];
+        let (bi, hi) = (bh / h, bh % h);
+        let base = bi * t * 3 * d + hi * dh;
+        let (q, k, v) = (&x[base..], &x[base + d..], &x[base + 2 * d..]);
+        let st = &st_all[bh * 2 * t..(bh + 1) * 2 * t];
+        let go = &g[bi * t * d + hi * dh..];
+        let dx_ptr = dx_ptr;
+        let dbase = unsafe { dx_ptr.0.add(base) };
+        transpose(k, 3 * d, t, dh, kt);
+        transpose(v, 3 * d, t, dh, vt);
+        // Pass 1, per query block: P again from the scores and the forward's statistics
+        // (the same products and the same arithmetic, so the same bits), zero where masked;
+        // dP = dO Vᵀ (keys ..r1), then dS = P ∘ (dP − Σⱼ P dP) row by row. Entries of `p` and
+        // `ds` past each block's last key keep stale values that the products never read.
+        for (r0, r1) in attn_blocks(t) {
+            unsafe {
+                attention_scores(&mut p[r0 * t..], q, kt, (r0, r1), (t, dh, 3 * d), scale);
+                small_gemm(
+                    (r1 - r0, r1, dh),
+                    (ds.as_mut_ptr().add(r0 * t), t),
+                    (go.as_ptr().add(r0 * d), d, 1),
+                    (vt.as_ptr(), t),
+                    1.0,
                 );
-                unsafe {
-                    // dQ[r0..r1] = scale · dS[r0..r1, ..r1] K[..r1]
-                    small_gemm(
-                        (r1 - r0, dh, r1),
-                        (dbase.add(r0 * 3 * d), 3 * d),
-                        (ds.as_ptr().add(r0 * t), t, 1),
-                        (k.as_ptr(), 3 * d),
-                        scale,
-                    );
-                }
             }
-            // Pass 2, per key block [c0, c1): only queries i ≥ c0 attend to it.
-            for (c0, c1) in attn_blocks(t) {
-                unsafe {
-                    // dV[c0..c1] = P[c0.., c0..c1]ᵀ dO[c0..]
-                    small_gemm(
-                        (c1 - c0, dh, t - c0),
-                        (dbase.add(2 * d + c0 * 3 * d), 3 * d),
-                        (p.as_ptr().add(c0 * t + c0), 1, t),
-                        (go.as_ptr().add(c0 * d), d),
-                        1.0,
-                    );
-                    // dK[c0..c1] = scale · dS[c0.., c0..c1]ᵀ Q[c0..]
-                    small_gemm(
-                        (c1 - c0, dh, t - c0),
-                        (dbase.add(d + c0 * 3 * d), 3 * d),
-                        (ds.as_ptr().add(c0 * t + c0), 1, t),
-                        (q.as_ptr().add(c0 * 3 * d), 3 * d),
-                        scale,
-                    );
-                }
+            simd(
+                #[inline(always)]
+                || {
+                    for i in r0..r1 {
+                        let (pr, dr) = (&mut p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
+                        let (max, inv) = (st[2 * i], st[2 * i + 1]);
+                        for s in &mut pr[..=i] {
+                            *s = fast_exp(*s - max);
+                        }
+                        pr[..=i].iter_mut().for_each(|s| *s *= inv);
+                        pr[i + 1..r1].iter_mut().for_each(|s| *s = 0.0);
+                        let dot = lane_sum([&pr[..=i], &dr[..=i]], |[p, d]| p * d);
+                        for (dsv, pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+                            *dsv = pv * (*dsv - dot);
+                        }
+                        dr[i + 1..r1].iter_mut().for_each(|s| *s = 0.0);
+                    }
+                },
+            );
+            unsafe {
+                // dQ[r0..r1] = scale · dS[r0..r1, ..r1] K[..r1]
+                small_gemm(
+                    (r1 - r0, dh, r1),
+                    (dbase.add(r0 * 3 * d), 3 * d),
+                    (ds.as_ptr().add(r0 * t), t, 1),
+                    (k.as_ptr(), 3 * d),
+                    scale,
+                );
             }
-        })
+        }
+        // Pass 2, per key block [c0, c1): only queries i ≥ c0 attend to it.
+        for (c0, c1) in attn_blocks(t) {
+            unsafe {
+                // dV[c0..c1] = P[c0.., c0..c1]ᵀ dO[c0..]
+                small_gemm(
+                    (c1 - c0, dh, t - c0),
+                    (dbase.add(2 * d + c0 * 3 * d), 3 * d),
+                    (p.as_ptr().add(c0 * t + c0), 1, t),
+                    (go.as_ptr().add(c0 * d), d),
+                    1.0,
+                );
+                // dK[c0..c1] = scale · dS[c0.., c0..c1]ᵀ Q[c0..]
+                small_gemm(
+                    (c1 - c0, dh, t - c0),
+                    (dbase.add(d + c0 * 3 * d), 3 * d),
+                    (ds.as_ptr().add(c0 * t + c0), 1, t),
+                    (q.as_ptr().add(c0 * 3 * d), 3 * d),
+                    scale,
+                );
+            }
+        }
+    };
+    (0..b * h).into_par_iter().for_each(|bh| {
+        if need <= ATTN_SCRATCH_MAX {
+            // Kept per thread between calls: at T = 1024 (8 MiB) rayon's per-split
+            // initialisation would allocate and fault them in again several times per call.
+            ATTN_SCRATCH.with_borrow_mut(|scratch| {
+                if scratch.len() < need {
+                    scratch.resize(need, 0.0);
+                }
+                head(bh, &mut scratch[..need]);
+            });
+        } else {
+            // Past T ≈ 2900 the matrices are not worth keeping for the rest of the process.
+            head(bh, &mut vec![0.0; need]);
+        }
     });
     // SAFETY: dQ, dK and dV of every (sequence, head) cover all rows of its columns.
     let dx = unsafe { assume_filled(dx) };
