@@ -583,6 +583,70 @@ fn fused_linear_matches_burn_values_and_gradients() {
     }
 }
 
+/// `linear_gelu` (the GEMM without its bias, then bias + GELU in one pass, the bias gradient in
+/// the GELU's backward pass): the same bits as the fused linear followed by the fused GELU, values
+/// and the gradients of x, W and b; within float tolerance of burn's `gelu(Linear::forward)`.
+/// Layers without a bias take the plain path.
+#[test]
+fn fused_linear_gelu_equals_linear_then_gelu() {
+    use burn::nn::LinearConfig;
+    use selfsup::nn::fused_linear::{linear, linear_gelu};
+    let device = Device::flex().autodiff();
+    for (i, &(lead, k, n, bias, _)) in LINEAR_CASES.iter().enumerate() {
+        device.seed(500 + i as u64);
+        let layer = LinearConfig::new(k, n).with_bias(bias).init(&device);
+        if let Some(b) = &layer.bias {
+            // burn initializes biases uniformly, so adding one in the wrong place shows.
+            assert!(values(b.val()).iter().any(|&v| v != 0.0));
+        }
+        let mut shape = lead.to_vec();
+        shape.push(k);
+        let mut dims4 = vec![1usize; 4 - shape.len()];
+        dims4.extend(&shape);
+        let dims4: [usize; 4] = dims4.try_into().unwrap();
+        let what = format!("leading {lead:?} K {k} N {n} bias {bias}");
+        let x = Tensor::<4>::random(dims4, Distribution::Normal(0.0, 2.0), &device);
+        let mut out4 = dims4;
+        out4[3] = n;
+        let cot = Tensor::<4>::random(out4, Distribution::Normal(0.0, 1.0), &device);
+
+        let run = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+            let xt = x.clone().require_grad();
+            let y = f(xt.clone());
+            let grads = (y.clone() * cot.clone()).sum().backward();
+            let mut out = vec![values(y), values(xt.grad(&grads).unwrap())];
+            out.push(values(layer.weight.val().grad(&grads).unwrap()));
+            if let Some(b) = &layer.bias {
+                out.push(values(b.val().grad(&grads).unwrap()));
+            }
+            out
+        };
+        let fused = run(&|x| linear_gelu(&layer, x));
+        let unfused = run(&|x| selfsup::nn::fused::gelu(linear(&layer, x)).unwrap());
+        let burn = run(&|x| burn::tensor::activation::gelu(layer.forward(x)));
+        for (j, name) in ["output", "dx", "dW", "db"]
+            .iter()
+            .enumerate()
+            .take(fused.len())
+        {
+            assert_eq!(
+                fused[j], unfused[j],
+                "{what} {name}: not the unfused kernels' bits"
+            );
+            assert_close(&format!("{what} {name} vs burn"), &fused[j], &burn[j], 1e-4);
+        }
+    }
+    // Plain device: the forward alone.
+    let device = Device::flex();
+    device.seed(77);
+    let layer = LinearConfig::new(7, 19).init(&device);
+    let x = Tensor::<3>::random([2, 5, 7], Distribution::Normal(0.0, 2.0), &device);
+    assert_eq!(
+        values(linear_gelu(&layer, x.clone())),
+        values(selfsup::nn::fused::gelu(linear(&layer, x)).unwrap())
+    );
+}
+
 #[test]
 fn fused_linear_without_autodiff_and_without_tracked_input() {
     use burn::nn::LinearConfig;

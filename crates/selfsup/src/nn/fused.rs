@@ -75,6 +75,11 @@ pub trait FusedOps: Backend {
 
     /// Exact (erf) GELU, `x Φ(x)`.
     fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// GELU of `z + bias`, `bias` `[N]` along the last dimension: a linear layer's bias and its
+    /// activation in one pass (the layer's GEMM then writes `z` without a bias), and in the
+    /// backward the bias gradient in the same pass as `dz`.
+    fn bias_gelu(z: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Causal self-attention of `qkv` `[B, T, 3D]` with `n_heads` heads → `[B, T, D]`. The fused kernel
@@ -173,6 +178,10 @@ impl FusedOps for Flex {
 
     fn gelu(x: FlexTensor) -> FlexTensor {
         gelu_forward(&x)
+    }
+
+    fn bias_gelu(z: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        bias_gelu_forward(&z, &bias)
     }
 }
 
@@ -340,6 +349,27 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 prep.finish(xp, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(gelu_forward(x.primitive())),
+        }
+    }
+
+    fn bias_gelu(z: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        let backward = FusedBackward::<(FlexTensor, FlexTensor), 2>(|(z, b), g, _| {
+            let (dz, db) = bias_gelu_backward(&z, &b, g);
+            [Some(dz), Some(db)]
+        });
+        match backward
+            .prepare::<C>([z.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (zp, bp) = (z.primitive().clone(), bias.primitive().clone());
+                let out = bias_gelu_forward(&zp, &bp);
+                prep.finish((zp, bp), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(bias_gelu_forward(z.primitive(), bias.primitive()))
+            }
         }
     }
 }
@@ -1723,6 +1753,17 @@ fn ln_backward(
     )
 }
 
+/// GELU of `z + bias` (`bias` along the last dimension) through the fused kernel; `None` where
+/// it does not apply (not the CPU backend).
+pub fn bias_gelu<const D: usize>(z: Tensor<D>, bias: Tensor<1>) -> Option<Tensor<D>> {
+    if !fused_available("gelu", &z) {
+        return None;
+    }
+    Some(Tensor::from_dispatch(
+        <burn::backend::Dispatch as FusedOps>::bias_gelu(z.into_dispatch(), bias.into_dispatch()),
+    ))
+}
+
 /// GELU through the fused kernel; `None` where it does not apply (not the CPU backend).
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Option<Tensor<D>> {
     if !fused_available("gelu", &x) {
@@ -1849,6 +1890,83 @@ fn gelu_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     // SAFETY: as in gelu_forward, every slot is written.
     let out = unsafe { assume_filled(out) };
     FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// The GELU of `z + b`, `b` along the last dimension, in the same arithmetic as
+/// [`gelu_forward`] of the sum.
+fn bias_gelu_forward(z: &FlexTensor, b: &FlexTensor) -> FlexTensor {
+    let shape = z.layout().shape().clone();
+    let (zs, bs) = (f32_slice(z), f32_slice(b));
+    let n = bs.len();
+    assert!(
+        n > 0 && zs.len() % n == 0,
+        "fused bias GELU: a bias of {n} for a last dimension of {shape:?}"
+    );
+    let bs = &bs[..];
+    let chunk = (ELEMENTWISE_CHUNK / n).max(1) * n;
+    let mut out = uninit_vec(zs.len());
+    out.par_chunks_mut(chunk)
+        .zip(zs.par_chunks(chunk))
+        .for_each(|(o, z)| {
+            simd(
+                #[inline(always)]
+                || {
+                    for (orow, zrow) in o.chunks_mut(n).zip(z.chunks(n)) {
+                        for ((y, &v), &bv) in orow.iter_mut().zip(zrow).zip(bs) {
+                            let u = v + bv;
+                            y.write(
+                                0.5 * u * (1.0 + fast_erf(u * std::f32::consts::FRAC_1_SQRT_2)),
+                            );
+                        }
+                    }
+                },
+            )
+        });
+    // SAFETY: the chunks cover `out`, every row of every chunk written.
+    let out = unsafe { assume_filled(out) };
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// Backward of [`bias_gelu_forward`]: (`dz`, `db`). `dz` in row chunks as [`gelu_backward`]
+/// (contiguous streams), then `db` summed over the rows in order per block of columns, as the
+/// linear layer's own bias gradient does, so the numbers equal the unfused linear → GELU's.
+fn bias_gelu_backward(
+    z: &FlexTensor,
+    b: &FlexTensor,
+    grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor) {
+    let shape = z.layout().shape().clone();
+    let (zs, bs, gs) = (f32_slice(z), f32_slice(b), f32_slice(grad));
+    let n = bs.len();
+    let (zs, bs, gs) = (&zs[..], &bs[..], &gs[..]);
+    let inv_sqrt_2pi = 0.398_942_3f32;
+    let chunk = (ELEMENTWISE_CHUNK / n.max(1)).max(1) * n.max(1);
+    let mut dz = uninit_vec(zs.len());
+    dz.par_chunks_mut(chunk)
+        .zip(zs.par_chunks(chunk))
+        .zip(gs.par_chunks(chunk))
+        .for_each(|((d, z), g)| {
+            simd(
+                #[inline(always)]
+                || {
+                    for ((drow, zrow), grow) in d.chunks_mut(n).zip(z.chunks(n)).zip(g.chunks(n)) {
+                        for (((dv, &v), &gv), &bv) in drow.iter_mut().zip(zrow).zip(grow).zip(bs) {
+                            let u = v + bv;
+                            let cdf = 0.5 * (1.0 + fast_erf(u * std::f32::consts::FRAC_1_SQRT_2));
+                            let pdf = inv_sqrt_2pi * fast_exp(-0.5 * u * u);
+                            dv.write(gv * (cdf + u * pdf));
+                        }
+                    }
+                },
+            )
+        });
+    // SAFETY: the chunks cover dz, every row of every chunk written.
+    let dz = unsafe { assume_filled(dz) };
+    let db = super::fused_linear::bias_gradient(&dz, n);
+    (
+        FlexTensor::from_data(TensorData::new(dz, shape)),
+        FlexTensor::from_data(TensorData::new(db, [n])),
+    )
 }
 
 #[backend_extension(Flex)]

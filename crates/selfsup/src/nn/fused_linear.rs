@@ -55,6 +55,28 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     })
 }
 
+/// `gelu(layer.forward(x))`. On the CPU backend the GEMM writes `x · W` without the bias and
+/// [`super::fused::bias_gelu`] adds it inside the GELU pass (and sums its gradient inside the
+/// GELU's backward pass): two passes over the output fewer each way, the same numbers.
+pub fn linear_gelu<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    match &layer.bias {
+        Some(bias) if fused_available("linear", &x) && fused_available("gelu", &x) => {
+            let z = Tensor::<D>::from_dispatch(
+                <burn::backend::Dispatch as FusedLinearOps>::linear_nobias(
+                    x.into_dispatch(),
+                    layer.weight.val().into_dispatch(),
+                    false,
+                ),
+            );
+            super::fused::bias_gelu(z, bias.val()).expect("the fused GELU is available")
+        }
+        _ => {
+            let h = linear(layer, x);
+            super::fused::gelu(h.clone()).unwrap_or_else(|| burn::tensor::activation::gelu(h))
+        }
+    }
+}
+
 /// `x` `[…, K]` · `weightᵀ` for a `weight` `[N, K]` (a tied output head) → `[…, N]`.
 pub fn linear_transposed<const D: usize>(x: Tensor<D>, weight: Tensor<2>) -> Tensor<D> {
     if !fused_available("linear", &x) {
@@ -318,7 +340,12 @@ const BIAS_COLUMNS: usize = 64;
 /// `db = Σ_rows dY`; each column is summed by one task in row order, so the result does not
 /// depend on the thread schedule.
 fn backward_b(dy: &[f32], g: Geom) -> FlexTensor {
-    let mut db = vec![0.0f32; g.n];
+    to_flex(bias_gradient(dy, g.n), Shape::new([g.n]))
+}
+
+/// `Σ_rows dy` of a row-major `dy` `[…, n]`.
+pub(super) fn bias_gradient(dy: &[f32], n: usize) -> Vec<f32> {
+    let mut db = vec![0.0f32; n];
     db.par_chunks_mut(BIAS_COLUMNS)
         .enumerate()
         .for_each(|(c, acc)| {
@@ -327,7 +354,7 @@ fn backward_b(dy: &[f32], g: Geom) -> FlexTensor {
                 || {
                     let c0 = c * BIAS_COLUMNS;
                     let width = acc.len();
-                    for row in dy.chunks_exact(g.n) {
+                    for row in dy.chunks_exact(n) {
                         for (a, v) in acc.iter_mut().zip(&row[c0..c0 + width]) {
                             *a += v;
                         }
@@ -335,5 +362,5 @@ fn backward_b(dy: &[f32], g: Geom) -> FlexTensor {
                 },
             )
         });
-    to_flex(db, Shape::new([g.n]))
+    db
 }

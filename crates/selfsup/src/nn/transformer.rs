@@ -9,7 +9,7 @@ use crate::nn::fused_linear::linear as fused_linear;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 /// LayerNorm over the last dimension with the biased variance, `(x-μ)/√(σ²+ε)·w + b`.
@@ -69,9 +69,8 @@ pub struct FeedForward {
 
 impl FeedForward {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let h = fused_linear(&self.fc, x);
-        // One vectorized pass forward and backward on the CPU backend (`nn::fused`).
-        let h = super::fused::gelu(h.clone()).unwrap_or_else(|| gelu(h));
+        // The bias and GELU in one vectorized pass forward and backward on the CPU backend.
+        let h = super::fused_linear::linear_gelu(&self.fc, x);
         self.dropout.forward(fused_linear(&self.proj, h))
     }
 }
