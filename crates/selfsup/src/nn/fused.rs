@@ -1753,6 +1753,21 @@ fn ln_backward(
     )
 }
 
+/// GELU `x Φ(x)` of one value: the formula every GELU kernel here uses, so that the fused bias +
+/// GELU gives the same bits as the linear layer followed by the GELU.
+#[inline(always)]
+fn gelu_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// d/dx GELU = Φ(x) + x φ(x) of one value.
+#[inline(always)]
+fn gelu_slope(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = 0.398_942_3 * fast_exp(-0.5 * x * x);
+    cdf + x * pdf
+}
+
 /// GELU of `z + bias` (`bias` along the last dimension) through the fused kernel; `None` where
 /// it does not apply (not the CPU backend).
 pub fn bias_gelu<const D: usize>(z: Tensor<D>, bias: Tensor<1>) -> Option<Tensor<D>> {
@@ -1856,7 +1871,7 @@ fn gelu_forward(x: &FlexTensor) -> FlexTensor {
                 #[inline(always)]
                 || {
                     for (y, &v) in o.iter_mut().zip(x) {
-                        y.write(0.5 * v * (1.0 + fast_erf(v * std::f32::consts::FRAC_1_SQRT_2)));
+                        y.write(gelu_value(v));
                     }
                 },
             )
@@ -1871,7 +1886,6 @@ fn gelu_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     let shape = x.layout().shape().clone();
     let (xs, gs) = (f32_slice(x), f32_slice(grad));
     let mut out = uninit_vec(xs.len());
-    let inv_sqrt_2pi = 0.398_942_3f32;
     out.par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(xs.par_chunks(ELEMENTWISE_CHUNK))
         .zip(gs.par_chunks(ELEMENTWISE_CHUNK))
@@ -1880,9 +1894,7 @@ fn gelu_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
                 #[inline(always)]
                 || {
                     for ((d, &v), &gv) in o.iter_mut().zip(x).zip(g) {
-                        let cdf = 0.5 * (1.0 + fast_erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                        let pdf = inv_sqrt_2pi * fast_exp(-0.5 * v * v);
-                        d.write(gv * (cdf + v * pdf));
+                        d.write(gv * gelu_slope(v));
                     }
                 },
             )
@@ -1913,10 +1925,7 @@ fn bias_gelu_forward(z: &FlexTensor, b: &FlexTensor) -> FlexTensor {
                 || {
                     for (orow, zrow) in o.chunks_mut(n).zip(z.chunks(n)) {
                         for ((y, &v), &bv) in orow.iter_mut().zip(zrow).zip(bs) {
-                            let u = v + bv;
-                            y.write(
-                                0.5 * u * (1.0 + fast_erf(u * std::f32::consts::FRAC_1_SQRT_2)),
-                            );
+                            y.write(gelu_value(v + bv));
                         }
                     }
                 },
@@ -1939,7 +1948,6 @@ fn bias_gelu_backward(
     let (zs, bs, gs) = (f32_slice(z), f32_slice(b), f32_slice(grad));
     let n = bs.len();
     let (zs, bs, gs) = (&zs[..], &bs[..], &gs[..]);
-    let inv_sqrt_2pi = 0.398_942_3f32;
     let chunk = (ELEMENTWISE_CHUNK / n.max(1)).max(1) * n.max(1);
     let mut dz = uninit_vec(zs.len());
     dz.par_chunks_mut(chunk)
@@ -1951,10 +1959,7 @@ fn bias_gelu_backward(
                 || {
                     for ((drow, zrow), grow) in d.chunks_mut(n).zip(z.chunks(n)).zip(g.chunks(n)) {
                         for (((dv, &v), &gv), &bv) in drow.iter_mut().zip(zrow).zip(grow).zip(bs) {
-                            let u = v + bv;
-                            let cdf = 0.5 * (1.0 + fast_erf(u * std::f32::consts::FRAC_1_SQRT_2));
-                            let pdf = inv_sqrt_2pi * fast_exp(-0.5 * u * u);
-                            dv.write(gv * (cdf + u * pdf));
+                            dv.write(gv * gelu_slope(v + bv));
                         }
                     }
                 },
