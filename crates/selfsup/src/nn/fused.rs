@@ -1861,94 +1861,90 @@ pub(super) unsafe fn assume_filled(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
 }
 
 fn gelu_forward(x: &FlexTensor) -> FlexTensor {
-    let shape = x.layout().shape().clone();
-    let xs = f32_slice(x);
-    let mut out = uninit_vec(xs.len());
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(xs.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(o, x)| {
-            simd(
-                #[inline(always)]
-                || {
-                    for (y, &v) in o.iter_mut().zip(x) {
-                        y.write(gelu_value(v));
-                    }
-                },
-            )
-        });
-    // SAFETY: the chunks cover `out` and the zip with equally long chunks of xs writes each slot.
-    let out = unsafe { assume_filled(out) };
-    FlexTensor::from_data(TensorData::new(out, shape))
+    gelu_forward_with(x, None)
 }
 
 /// d/dx GELU = Φ(x) + x φ(x).
 fn gelu_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     let shape = x.layout().shape().clone();
-    let (xs, gs) = (f32_slice(x), f32_slice(grad));
-    let mut out = uninit_vec(xs.len());
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(xs.par_chunks(ELEMENTWISE_CHUNK))
-        .zip(gs.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|((o, x), g)| {
-            simd(
-                #[inline(always)]
-                || {
-                    for ((d, &v), &gv) in o.iter_mut().zip(x).zip(g) {
-                        d.write(gv * gelu_slope(v));
-                    }
-                },
-            )
-        });
-    // SAFETY: as in gelu_forward, every slot is written.
-    let out = unsafe { assume_filled(out) };
-    FlexTensor::from_data(TensorData::new(out, shape))
+    FlexTensor::from_data(TensorData::new(gelu_backward_with(x, None, grad), shape))
 }
 
 /// The GELU of `z + b`, `b` along the last dimension, in the same arithmetic as
 /// [`gelu_forward`] of the sum.
 fn bias_gelu_forward(z: &FlexTensor, b: &FlexTensor) -> FlexTensor {
-    let shape = z.layout().shape().clone();
-    let (zs, bs) = (f32_slice(z), f32_slice(b));
-    let n = bs.len();
-    assert!(
-        n > 0 && zs.len() % n == 0,
-        "fused bias GELU: a bias of {n} for a last dimension of {shape:?}"
-    );
-    let bs = &bs[..];
-    let chunk = (ELEMENTWISE_CHUNK / n).max(1) * n;
-    let mut out = uninit_vec(zs.len());
-    out.par_chunks_mut(chunk)
-        .zip(zs.par_chunks(chunk))
-        .for_each(|(o, z)| {
-            simd(
-                #[inline(always)]
-                || {
-                    for (orow, zrow) in o.chunks_mut(n).zip(z.chunks(n)) {
-                        for ((y, &v), &bv) in orow.iter_mut().zip(zrow).zip(bs) {
-                            y.write(gelu_value(v + bv));
-                        }
-                    }
-                },
-            )
-        });
-    // SAFETY: the chunks cover `out`, every row of every chunk written.
-    let out = unsafe { assume_filled(out) };
-    FlexTensor::from_data(TensorData::new(out, shape))
+    gelu_forward_with(z, Some(&f32_slice(b)))
 }
 
-/// Backward of [`bias_gelu_forward`]: (`dz`, `db`). `dz` in row chunks as [`gelu_backward`]
-/// (contiguous streams), then `db` summed over the rows in order per block of columns, as the
-/// linear layer's own bias gradient does, so the numbers equal the unfused linear → GELU's.
+/// Backward of [`bias_gelu_forward`]: (`dz`, `db`). `dz` as [`gelu_backward`] of the sum, then
+/// `db` summed over the rows in order per block of columns, as the linear layer's own bias
+/// gradient does, so the numbers equal the unfused linear → GELU's.
 fn bias_gelu_backward(
     z: &FlexTensor,
     b: &FlexTensor,
     grad: &FlexTensor,
 ) -> (FlexTensor, FlexTensor) {
     let shape = z.layout().shape().clone();
-    let (zs, bs, gs) = (f32_slice(z), f32_slice(b), f32_slice(grad));
+    let bs = f32_slice(b);
     let n = bs.len();
-    let (zs, bs, gs) = (&zs[..], &bs[..], &gs[..]);
-    let chunk = (ELEMENTWISE_CHUNK / n.max(1)).max(1) * n.max(1);
+    let dz = gelu_backward_with(z, Some(&bs), grad);
+    let db = super::fused_linear::bias_gradient(&dz, n);
+    (
+        FlexTensor::from_data(TensorData::new(dz, shape)),
+        FlexTensor::from_data(TensorData::new(db, [n])),
+    )
+}
+
+/// Row chunks of `z` for the GELU passes: rows of the bias's width (whole rows per chunk), or
+/// plain chunks without a bias.
+fn gelu_chunks(z: &FlexTensor, bias: Option<&[f32]>) -> (usize, usize) {
+    let len = f32_slice(z).len();
+    let n = bias.map_or(ELEMENTWISE_CHUNK, <[f32]>::len);
+    assert!(
+        n > 0 && (bias.is_none() || len % n == 0),
+        "fused bias GELU: a bias of {n} for a last dimension of {:?}",
+        z.layout().shape()
+    );
+    (n, (ELEMENTWISE_CHUNK / n).max(1) * n)
+}
+
+/// GELU of `z` (+ `bias` along the last dimension) in parallel chunks. No bias: no addition at
+/// all, so that −0 stays −0 as in the plain GELU.
+fn gelu_forward_with(z: &FlexTensor, bias: Option<&[f32]>) -> FlexTensor {
+    let shape = z.layout().shape().clone();
+    let zs = f32_slice(z);
+    let (n, chunk) = gelu_chunks(z, bias);
+    let mut out = uninit_vec(zs.len());
+    out.par_chunks_mut(chunk)
+        .zip(zs.par_chunks(chunk))
+        .for_each(|(o, z)| {
+            simd(
+                #[inline(always)]
+                || match bias {
+                    Some(bs) => {
+                        for (orow, zrow) in o.chunks_mut(n).zip(z.chunks(n)) {
+                            for ((y, &v), &bv) in orow.iter_mut().zip(zrow).zip(bs) {
+                                y.write(gelu_value(v + bv));
+                            }
+                        }
+                    }
+                    None => {
+                        for (y, &v) in o.iter_mut().zip(z) {
+                            y.write(gelu_value(v));
+                        }
+                    }
+                },
+            )
+        });
+    // SAFETY: the chunks cover `out` and the zip with equally long chunks of zs writes each slot.
+    let out = unsafe { assume_filled(out) };
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// `grad · GELU′(z (+ bias))` in parallel chunks (contiguous streams).
+fn gelu_backward_with(z: &FlexTensor, bias: Option<&[f32]>, grad: &FlexTensor) -> Vec<f32> {
+    let (zs, gs) = (f32_slice(z), f32_slice(grad));
+    let (n, chunk) = gelu_chunks(z, bias);
     let mut dz = uninit_vec(zs.len());
     dz.par_chunks_mut(chunk)
         .zip(zs.par_chunks(chunk))
@@ -1956,22 +1952,28 @@ fn bias_gelu_backward(
         .for_each(|((d, z), g)| {
             simd(
                 #[inline(always)]
-                || {
-                    for ((drow, zrow), grow) in d.chunks_mut(n).zip(z.chunks(n)).zip(g.chunks(n)) {
-                        for (((dv, &v), &gv), &bv) in drow.iter_mut().zip(zrow).zip(grow).zip(bs) {
-                            dv.write(gv * gelu_slope(v + bv));
+                || match bias {
+                    Some(bs) => {
+                        for ((drow, zrow), grow) in
+                            d.chunks_mut(n).zip(z.chunks(n)).zip(g.chunks(n))
+                        {
+                            for (((dv, &v), &gv), &bv) in
+                                drow.iter_mut().zip(zrow).zip(grow).zip(bs)
+                            {
+                                dv.write(gv * gelu_slope(v + bv));
+                            }
+                        }
+                    }
+                    None => {
+                        for ((dv, &v), &gv) in d.iter_mut().zip(z).zip(g) {
+                            dv.write(gv * gelu_slope(v));
                         }
                     }
                 },
             )
         });
-    // SAFETY: the chunks cover dz, every row of every chunk written.
-    let dz = unsafe { assume_filled(dz) };
-    let db = super::fused_linear::bias_gradient(&dz, n);
-    (
-        FlexTensor::from_data(TensorData::new(dz, shape)),
-        FlexTensor::from_data(TensorData::new(db, [n])),
-    )
+    // SAFETY: the chunks cover dz, every slot written.
+    unsafe { assume_filled(dz) }
 }
 
 #[backend_extension(Flex)]
