@@ -1901,7 +1901,7 @@ fn gelu_chunks(z: &FlexTensor, bias: Option<&[f32]>) -> (usize, usize) {
     let len = f32_slice(z).len();
     let n = bias.map_or(ELEMENTWISE_CHUNK, <[f32]>::len);
     assert!(
-        n > 0 && (bias.is_none() || len % n == 0),
+        n > 0 && (bias.is_none() || len.is_multiple_of(n)),
         "fused bias GELU: a bias of {n} for a last dimension of {:?}",
         z.layout().shape()
     );
