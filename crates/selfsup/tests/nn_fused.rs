@@ -647,6 +647,77 @@ fn fused_linear_gelu_equals_linear_then_gelu() {
     );
 }
 
+/// `linear_residual` (the GEMM accumulating into `residual + b`): values and the gradients of
+/// x, W, b and the residual against `residual + Linear::forward(x)`, with the residual also used
+/// elsewhere (its gradients must add up) and given as a transposed view in the strided cases.
+#[test]
+fn fused_linear_residual_matches_residual_plus_linear() {
+    use burn::nn::LinearConfig;
+    use selfsup::nn::fused_linear::linear_residual;
+    let device = Device::flex().autodiff();
+    for (i, &(lead, k, n, bias, strided)) in LINEAR_CASES.iter().enumerate() {
+        device.seed(700 + i as u64);
+        let layer = LinearConfig::new(k, n).with_bias(bias).init(&device);
+        let mut dims = vec![1usize; 3 - lead.len()];
+        dims.extend(lead);
+        dims.push(k);
+        let dims: [usize; 4] = dims.try_into().unwrap();
+        let what = format!("leading {lead:?} K {k} N {n} bias {bias} strided {strided}");
+        let x = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+        let mut out = dims;
+        out[3] = n;
+        let residual = if strided {
+            let mut d = out;
+            d.swap(2, 3);
+            Tensor::<4>::random(d, Distribution::Normal(0.0, 3.0), &device).swap_dims(2, 3)
+        } else {
+            Tensor::<4>::random(out, Distribution::Normal(0.0, 3.0), &device)
+        };
+        let cot = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &device);
+        let cot2 = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &device);
+        let run = |f: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>| {
+            let (xt, rt) = (x.clone().require_grad(), residual.clone().require_grad());
+            let y = f(xt.clone(), rt.clone());
+            let loss = (y.clone() * cot.clone()).sum() + (rt.clone() * cot2.clone()).sum();
+            let grads = loss.backward();
+            let mut v = vec![
+                values(y),
+                values(xt.grad(&grads).unwrap()),
+                values(rt.grad(&grads).unwrap()),
+                values(layer.weight.val().grad(&grads).unwrap()),
+            ];
+            if let Some(b) = &layer.bias {
+                v.push(values(b.val().grad(&grads).unwrap()));
+            }
+            v
+        };
+        let fused = run(&|x, r| linear_residual(&layer, x, r));
+        let reference = run(&|x, r| r + layer.forward(x));
+        for (j, name) in ["output", "dx", "d residual", "dW", "db"]
+            .iter()
+            .enumerate()
+            .take(fused.len())
+        {
+            assert_close(&format!("{what} {name}"), &fused[j], &reference[j], 1e-5);
+        }
+        // The residual's gradient is the two cotangents' sum, exactly.
+        let sum: Vec<f32> = values(cot.clone() + cot2.clone());
+        assert_eq!(fused[2], sum, "{what}: the residual's gradient");
+    }
+    // Plain device, untracked.
+    let device = Device::flex();
+    device.seed(78);
+    let layer = LinearConfig::new(7, 19).init(&device);
+    let x = Tensor::<3>::random([2, 5, 7], Distribution::Normal(0.0, 1.0), &device);
+    let r = Tensor::<3>::random([2, 5, 19], Distribution::Normal(0.0, 1.0), &device);
+    assert_close(
+        "plain",
+        &values(linear_residual(&layer, x.clone(), r.clone())),
+        &values(r + layer.forward(x)),
+        1e-5,
+    );
+}
+
 #[test]
 fn fused_linear_without_autodiff_and_without_tracked_input() {
     use burn::nn::LinearConfig;

@@ -102,11 +102,11 @@ impl Block {
         cache: Option<(&mut KvCache, usize)>,
         want_probs: bool,
     ) -> (Tensor<3>, Option<Tensor<4>>) {
-        let (a, probs) = self
+        // The residual additions happen inside the output projections (`forward_add`).
+        let (x, probs) = self
             .attn
-            .forward(self.ln_1.forward(x.clone()), cache, want_probs);
-        let x = x + a;
-        let x = x.clone() + self.mlp.forward(self.ln_2.forward(x));
+            .forward_add(self.ln_1.forward(x.clone()), x, cache, want_probs);
+        let x = self.mlp.forward_add(self.ln_2.forward(x.clone()), x);
         (x, probs)
     }
 }

@@ -8,7 +8,7 @@
 //! paper and Hugging Face's `BertForMaskedLM`, whose tensor names the checkpoint table keeps,
 //! so all-MiniLM-L6-v2's `model.safetensors` loads through the same code.
 
-use crate::nn::fused_linear::linear as fused_linear;
+use crate::nn::fused_linear::{linear as fused_linear, linear_residual};
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -231,11 +231,18 @@ impl BertLayer {
         let k = split_heads(fused_linear(&a.key, x.clone()), a.n_heads);
         let v = split_heads(fused_linear(&a.value, x.clone()), a.n_heads);
         let (context, probs) = attention(q, k, v, mask, &a.dropout);
-        let y = self
-            .attention_dropout
-            .forward(fused_linear(&self.attention_output, merge_heads(context)));
-        let x = self.attention_norm.forward(x + y);
-        let x = self.output_norm.forward(x.clone() + self.ffn.forward(x));
+        let context = merge_heads(context);
+        let x = self
+            .attention_norm
+            .forward(if self.attention_dropout.prob == 0.0 {
+                // The residual added inside the output projection's GEMM.
+                linear_residual(&self.attention_output, context, x)
+            } else {
+                x + self
+                    .attention_dropout
+                    .forward(fused_linear(&self.attention_output, context))
+            });
+        let x = self.output_norm.forward(self.ffn.forward_add(x.clone(), x));
         (x, probs)
     }
 }

@@ -39,6 +39,14 @@ pub trait FusedLinearOps: Backend {
         weight: FloatTensor<Self>,
         transposed: bool,
     ) -> FloatTensor<Self>;
+
+    /// `residual` `[…, N]` `+ x · weight + bias`: a layer whose output joins the residual stream.
+    fn linear_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 /// `layer.forward(x)`: the fused kernel on the CPU backend (f32), burn's `Linear` elsewhere.
@@ -53,6 +61,28 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         }
         None => <burn::backend::Dispatch as FusedLinearOps>::linear_nobias(x, w, false),
     })
+}
+
+/// `residual + layer.forward(x)`. On the CPU backend the GEMM accumulates into `residual + b`,
+/// so the residual stream needs no separate addition (which burn does on one thread), and the
+/// residual's gradient is `dY` itself. Sums round as `(residual + b) + x·W` instead of
+/// `residual + (b + x·W)`.
+pub fn linear_residual<const D: usize>(
+    layer: &Linear,
+    x: Tensor<D>,
+    residual: Tensor<D>,
+) -> Tensor<D> {
+    match &layer.bias {
+        Some(b) if fused_available("linear", &x) => Tensor::from_dispatch(
+            <burn::backend::Dispatch as FusedLinearOps>::linear_residual(
+                x.into_dispatch(),
+                layer.weight.val().into_dispatch(),
+                b.val().into_dispatch(),
+                residual.into_dispatch(),
+            ),
+        ),
+        _ => residual + linear(layer, x),
+    }
 }
 
 /// `gelu(layer.forward(x))`. On the CPU backend the GEMM writes `x · W` without the bias and
@@ -91,11 +121,20 @@ pub fn linear_transposed<const D: usize>(x: Tensor<D>, weight: Tensor<2>) -> Ten
 
 impl FusedLinearOps for Flex {
     fn linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        forward(&x, &weight, Some(&bias), false)
+        forward(&x, &weight, Some(&bias), None, false)
     }
 
     fn linear_nobias(x: FlexTensor, weight: FlexTensor, transposed: bool) -> FlexTensor {
-        forward(&x, &weight, None, transposed)
+        forward(&x, &weight, None, None, transposed)
+    }
+
+    fn linear_residual(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        residual: FlexTensor,
+    ) -> FlexTensor {
+        forward(&x, &weight, Some(&bias), Some(&residual), false)
     }
 }
 
@@ -113,12 +152,16 @@ impl<C: CheckpointStrategy> FusedLinearOps for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
-                let y = forward(&xp, &wp, Some(&b), false);
+                let y = forward(&xp, &wp, Some(&b), None, false);
                 prep.finish((xp, wp, false), y)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(forward(x.primitive(), weight.primitive(), Some(&b), false))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(
+                x.primitive(),
+                weight.primitive(),
+                Some(&b),
+                None,
+                false,
+            )),
         }
     }
 
@@ -134,12 +177,43 @@ impl<C: CheckpointStrategy> FusedLinearOps for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
-                let y = forward(&xp, &wp, None, transposed);
+                let y = forward(&xp, &wp, None, None, transposed);
                 prep.finish((xp, wp, transposed), y)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(forward(x.primitive(), weight.primitive(), None, transposed))
+            OpsKind::UnTracked(prep) => prep.finish(forward(
+                x.primitive(),
+                weight.primitive(),
+                None,
+                None,
+                transposed,
+            )),
+        }
+    }
+
+    fn linear_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (b, r) = (bias.primitive().clone(), residual.primitive().clone());
+        match FusedBackward::<LinearState, 4>(linear_grads)
+            .prepare::<C>([x.node(), weight.node(), bias.node(), residual.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
+                let y = forward(&xp, &wp, Some(&b), Some(&r), false);
+                prep.finish((xp, wp, false), y)
             }
+            OpsKind::UnTracked(prep) => prep.finish(forward(
+                x.primitive(),
+                weight.primitive(),
+                Some(&b),
+                Some(&r),
+                false,
+            )),
         }
     }
 }
@@ -147,7 +221,7 @@ impl<C: CheckpointStrategy> FusedLinearOps for Autodiff<Flex, C> {
 /// x, weight, transposed.
 type LinearState = (FlexTensor, FlexTensor, bool);
 
-/// Gradients of (x, weight[, bias]) — only the tracked ones are computed.
+/// Gradients of (x, weight[, bias[, residual]]) — only the tracked ones are computed.
 fn linear_grads<const N: usize>(
     (x, w, transposed): LinearState,
     grad: &FlexTensor,
@@ -159,7 +233,9 @@ fn linear_grads<const N: usize>(
         tracked[i].then(|| match i {
             0 => backward_x(&dy, &w, g, &x),
             1 => backward_w(&dy, &x, g, &w),
-            _ => backward_b(&dy, g),
+            2 => backward_b(&dy, g),
+            // The residual passes straight through.
+            _ => grad.clone(),
         })
     })
 }
@@ -246,6 +322,7 @@ fn forward(
     x: &FlexTensor,
     w: &FlexTensor,
     bias: Option<&FlexTensor>,
+    residual: Option<&FlexTensor>,
     transposed: bool,
 ) -> FlexTensor {
     let g = Geom::of(x, w, transposed);
@@ -260,15 +337,43 @@ fn forward(
         Some(bias) => {
             let b = f32_slice(bias);
             assert_eq!(b.len(), g.n, "fused linear: bias length");
-            // The bias rows, filled in parallel (on one thread this pass left the other idle).
+            // The bias rows (plus the residual's), filled in parallel: on one thread this pass
+            // left the other core idle.
             let mut out = uninit_vec(g.m * g.n);
-            out.par_chunks_mut(g.n.max(1) * BIAS_ROWS).for_each(|rows| {
-                for row in rows.chunks_mut(g.n.max(1)) {
-                    for (o, &v) in row.iter_mut().zip(b.iter()) {
-                        o.write(v);
+            let block = g.n.max(1) * BIAS_ROWS;
+            match residual {
+                None => out.par_chunks_mut(block).for_each(|rows| {
+                    for row in rows.chunks_mut(g.n.max(1)) {
+                        for (o, &v) in row.iter_mut().zip(b.iter()) {
+                            o.write(v);
+                        }
                     }
+                }),
+                Some(r) => {
+                    assert_eq!(
+                        r.layout().shape(),
+                        &shape,
+                        "fused linear: the residual's shape must be the output's"
+                    );
+                    let r = f32_slice(r);
+                    out.par_chunks_mut(block)
+                        .zip(r.par_chunks(block))
+                        .for_each(|(rows, res)| {
+                            simd(
+                                #[inline(always)]
+                                || {
+                                    for (row, res) in
+                                        rows.chunks_mut(g.n.max(1)).zip(res.chunks(g.n.max(1)))
+                                    {
+                                        for ((o, &v), &r) in row.iter_mut().zip(b.iter()).zip(res) {
+                                            o.write(r + v);
+                                        }
+                                    }
+                                },
+                            )
+                        })
                 }
-            });
+            }
             // SAFETY: every row of every block was written with the n bias values.
             let mut out = unsafe { assume_filled(out) };
             // SAFETY: shapes checked above; out is m×n, row-major.

@@ -73,6 +73,16 @@ impl FeedForward {
         let h = super::fused_linear::linear_gelu(&self.fc, x);
         self.dropout.forward(fused_linear(&self.proj, h))
     }
+
+    /// `residual + self.forward(x)`. Without dropout the output projection adds the residual
+    /// itself ([`super::fused_linear::linear_residual`]).
+    pub fn forward_add<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        if self.dropout.prob != 0.0 {
+            return residual + self.forward(x);
+        }
+        let h = super::fused_linear::linear_gelu(&self.fc, x);
+        super::fused_linear::linear_residual(&self.proj, h, residual)
+    }
 }
 
 /// `[B, T, H·Dh]` → `[B, H, T, Dh]`; head `h` takes features `h·Dh .. (h+1)·Dh`.
@@ -227,15 +237,33 @@ impl CausalSelfAttention {
         cache: Option<(&mut KvCache, usize)>,
         want_probs: bool,
     ) -> (Tensor<3>, Option<Tensor<4>>) {
+        self.run(x, None, cache, want_probs)
+    }
+
+    /// [`Self::forward`] with its output added to `residual` (`[B, T, D]`, the block's input in a
+    /// pre-norm transformer); without dropout the output projection does the addition.
+    pub fn forward_add(
+        &self,
+        x: Tensor<3>,
+        residual: Tensor<3>,
+        cache: Option<(&mut KvCache, usize)>,
+        want_probs: bool,
+    ) -> (Tensor<3>, Option<Tensor<4>>) {
+        self.run(x, Some(residual), cache, want_probs)
+    }
+
+    fn run(
+        &self,
+        x: Tensor<3>,
+        residual: Option<Tensor<3>>,
+        cache: Option<(&mut KvCache, usize)>,
+        want_probs: bool,
+    ) -> (Tensor<3>, Option<Tensor<4>>) {
         let [_, t, d] = x.dims();
         let qkv = fused_linear(&self.c_attn, x);
         if cache.is_none() && !want_probs && self.attn_dropout.prob == 0.0 {
             let context = super::fused::causal_self_attention(qkv, self.n_heads);
-            return (
-                self.resid_dropout
-                    .forward(fused_linear(&self.c_proj, context)),
-                None,
-            );
+            return (self.project(context, residual), None);
         }
         let q = split_heads(qkv.clone().narrow(2, 0, d), self.n_heads);
         let k = split_heads(qkv.clone().narrow(2, d, d), self.n_heads);
@@ -248,8 +276,25 @@ impl CausalSelfAttention {
         // A single new query sees every cached key: no mask needed.
         let mask = (t > 1).then(|| causal_mask(t, t_k, &q.device()));
         let (context, probs) = attention(q, k, v, mask, &self.attn_dropout);
-        let y = fused_linear(&self.c_proj, merge_heads(context));
-        (self.resid_dropout.forward(y), want_probs.then_some(probs))
+        let y = self.project(merge_heads(context), residual);
+        (y, want_probs.then_some(probs))
+    }
+
+    /// The output projection (and dropout) of the concatenated heads, plus `residual`.
+    fn project(&self, context: Tensor<3>, residual: Option<Tensor<3>>) -> Tensor<3> {
+        match residual {
+            Some(r) if self.resid_dropout.prob == 0.0 => {
+                super::fused_linear::linear_residual(&self.c_proj, context, r)
+            }
+            Some(r) => {
+                r + self
+                    .resid_dropout
+                    .forward(fused_linear(&self.c_proj, context))
+            }
+            None => self
+                .resid_dropout
+                .forward(fused_linear(&self.c_proj, context)),
+        }
     }
 }
 
