@@ -11,6 +11,10 @@ FMA loop in the Rust binary; GPT model GFLOP/s as a share of both, and the GPT s
     python3 bench/compare.py                      # simclr_a, simclr_b, gpt, matmul, fma; 3 rounds
     python3 bench/compare.py --rounds 5 --steps 10 --cases simclr_b,gpt --json /tmp/cmp.json
     python3 bench/compare.py --cases fmnist_tiny,fmnist_resnet18 --rounds 1
+    python3 bench/compare.py --device cuda --rust-bin BIN --python python3 --cases simclr_a,simclr_b,gpt,matmul
+
+With --device cuda (a train_step built with `--features cuda`, see bench/gpu.sh) both run on the
+GPU in fp32 and the memory columns are the GPU memory each framework's allocator reserved.
 
 The Rust binary is built with `cargo bench --profile release --no-run` (the release profile
 reuses the release-built burn; the default bench profile would rebuild all of burn), with
@@ -135,6 +139,8 @@ def main():
     ap.add_argument("--rust-bin", help="prebuilt train_step binary (skips cargo)")
     ap.add_argument("--no-gpt-math", action="store_true", help="skip the PyTorch explicit-attention GPT row")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both frameworks)")
+    ap.add_argument("--allow-tf32", action="store_true", help="with --device cuda: PyTorch may use TF32")
     ap.add_argument("--matmul-precision", choices=["fp32", "bf16"], default="fp32",
                     help="selfsup's matmul precision (train_step --matmul-precision)")
     ap.add_argument("--torch-precision", choices=["fp32", "bf16", "autocast"], default="fp32",
@@ -154,7 +160,11 @@ def main():
     threads = str(a.threads)
     rust_env = dict(os.environ, RAYON_NUM_THREADS=threads)
     torch_env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    steps = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
+    steps = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--device", a.device]
+    gpu = a.device != "cpu"
+    if gpu:
+        cases = [c for c in cases if c not in RUST_ONLY]  # the FMA loop measures the CPU
+    mem_key, mem_name = ("device_mem_mib", "GPU mem") if gpu else ("peak_rss_mib", "RSS")
 
     # (framework, case) -> list of per-round results
     results = {}
@@ -164,7 +174,7 @@ def main():
                      rust_env))
         if c in RUST_ONLY:
             continue
-        tprec = ["--matmul-precision", a.torch_precision]
+        tprec = ["--matmul-precision", a.torch_precision] + (["--allow-tf32"] if a.allow_tf32 else [])
         plan.append(("pytorch", c, [a.python, str(ROOT / "bench" / "torch_step.py"), "--case", c,
                                     "--threads", threads] + tprec + steps, torch_env))
         if c == "gpt" and not a.no_gpt_math:
@@ -211,6 +221,8 @@ def main():
                 "selfsup_cpu_ms": s_cpu, "pytorch_cpu_ms": t_cpu, "cpu_ratio": s_cpu / t_cpu,
                 "selfsup_rss_mib": max(x["peak_rss_mib"] for x in s_rs),
                 "pytorch_rss_mib": max(x["peak_rss_mib"] for x in t_rs),
+                "selfsup_mem_mib": max(x.get(mem_key, float("nan")) for x in s_rs),
+                "pytorch_mem_mib": max(x.get(mem_key, float("nan")) for x in t_rs),
                 "rounds_used": len(used), "rounds_clean": len(clean), "rounds": len(pairs),
                 "others_max": max(max(p[0]["others"], p[1]["others"]) for p in used),
                 "selfsup_loss0": s_rs[0].get("losses", [None])[0],
@@ -224,17 +236,19 @@ def main():
             rows.append(row)
 
     print()
-    print(f"selfsup (burn 0.22.1 flex) vs PyTorch, {a.threads} threads, median of {a.steps} steps per process after "
+    where = f"on {a.device}" if gpu else f"flex, {a.threads} threads"
+    print(f"selfsup (burn 0.22.1 {where}) vs PyTorch, median of {a.steps} steps per process after "
           f"{a.warmup} warm-up, pooled over the rounds used; ratio = selfsup/PyTorch (< 1: selfsup faster); "
           f"matmul precision selfsup {a.matmul_precision}, PyTorch {a.torch_precision}")
     hdr = (f"| {'step':<24} | {'selfsup ms':>10} | {'PyTorch ms':>10} | {'ratio':>5} | {'per round':>9} | "
-           f"{'CPU-ms ratio':>12} | {'selfsup RSS':>11} | {'PyTorch RSS':>11} | {'rounds':>6} | {'others':>6} |")
+           f"{'CPU-ms ratio':>12} | {'selfsup ' + mem_name:>11} | {'PyTorch ' + mem_name:>11} | {'rounds':>6} | "
+           f"{'others':>6} |")
     print(hdr)
     print("|" + "|".join("-" * (len(x)) for x in hdr.split("|")[1:-1]) + "|")
     for row in rows:
         print(f"| {row['case']:<24} | {fmt_ms(row['selfsup_ms']):>10} | {fmt_ms(row['pytorch_ms']):>10} | "
               f"{row['ratio']:>5.2f} | {row['ratio_min']:.2f}-{row['ratio_max']:.2f} | {row['cpu_ratio']:>12.2f} | "
-              f"{row['selfsup_rss_mib']:>7.0f} MiB | {row['pytorch_rss_mib']:>7.0f} MiB | "
+              f"{row['selfsup_mem_mib']:>7.0f} MiB | {row['pytorch_mem_mib']:>7.0f} MiB | "
               f"{row['rounds_used']:>2}/{row['rounds']:<3} | {100 * row['others_max']:>5.0f}% |")
     print(f"rounds: rounds used / run; a round is used when other processes took <= {100 * a.clean:.0f}% of the "
           f"cores during both of its runs (if no round was that quiet, all are used). others: the most that other "

@@ -22,6 +22,10 @@ Each step = forward + backward + optimizer step + loss.item(). Prints a human li
 bound 1/sqrt(fan_in), the same scheme burn uses by default), GPT-2's N(0, 0.02) for the GPT.
 
     python bench/torch_step.py --case simclr_a,gpt --steps 10 --warmup 3 --threads 2
+
+With --device cuda the models and batches live on the GPU, fp32 without TF32 (matmuls and cuDNN
+convolutions), each timed step ends with torch.cuda.synchronize(), and the JSON adds the CUDA
+caching allocator's peak reservation (device_mem_mib).
 """
 import argparse
 import json
@@ -36,6 +40,7 @@ import torch.nn.functional as F
 LR = 1e-3
 WEIGHT_DECAY = 1e-4  # same as the Rust bench (value does not change the cost)
 AUTOCAST = False  # --matmul-precision autocast
+DEVICE = torch.device("cpu")  # --device
 ALL = ["simclr_a", "simclr_b", "gpt", "matmul"]
 EXTRA = ["gpt_math", "fmnist_tiny", "fmnist_resnet18"]
 
@@ -196,6 +201,8 @@ def time_steps(step, warmup, steps):
     for i in range(warmup + steps):
         c0, t0 = time.process_time(), time.perf_counter()
         loss = step()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize(DEVICE)
         ms = (time.perf_counter() - t0) * 1e3
         c = (time.process_time() - c0) * 1e3
         losses.append(loss)
@@ -241,24 +248,24 @@ def run_case(case, warmup, steps):
         else:
             bn, enc, shape = True, ResNet(1), (256, 1, 28, 28)
             warmup, steps = min(warmup, 1), min(steps, 5)
-        model = SimCLR(enc, bn).train()
-        v1 = torch.randn(shape, generator=g)
-        v2 = torch.randn(shape, generator=g)
+        model = SimCLR(enc, bn).train().to(DEVICE)
+        v1 = torch.randn(shape, generator=g).to(DEVICE)
+        v2 = torch.randn(shape, generator=g).to(DEVICE)
         step = train_step_fn(model, lambda: model.loss(v1, v2))
         images = shape[0]
     elif case in ("gpt", "gpt_math"):
         b, t, vocab = 16, 128, 256
-        model = GPT(sdpa=case == "gpt").train()
+        model = GPT(sdpa=case == "gpt").train().to(DEVICE)
         tok = torch.randint(0, vocab, (b, t + 1), generator=g)
-        ids, tgt = tok[:, :-1].contiguous(), tok[:, 1:].contiguous()
+        ids, tgt = tok[:, :-1].contiguous().to(DEVICE), tok[:, 1:].contiguous().to(DEVICE)
         step = train_step_fn(model, lambda: model.loss(ids, tgt))
         d, l, dff = 256.0, 4.0, 1024.0
         per_token = l * (2.0 * (4 * d * d + 2 * d * dff) + 4.0 * t * d) + 2.0 * d * vocab
         flops = 3.0 * per_token * b * t
     elif case == "matmul":
         n = 2048
-        a = torch.randn(n, n, generator=g)
-        bm = torch.randn(n, n, generator=g)
+        a = torch.randn(n, n, generator=g).to(DEVICE)
+        bm = torch.randn(n, n, generator=g).to(DEVICE)
 
         def step():
             return float((a @ bm)[0, 0])
@@ -273,9 +280,13 @@ def run_case(case, warmup, steps):
     out = {"framework": "pytorch", "case": case, "median_ms": med, "min_ms": mn, "times_ms": times,
            "cpu_ms": cpu, "median_cpu_ms": median(cpu), "peak_rss_mib": peak,
            "matmul_precision": "autocast" if AUTOCAST else
-           "bf16" if torch.backends.mkldnn.matmul.fp32_precision == "bf16" else "fp32"}
+           "bf16" if torch.backends.mkldnn.matmul.fp32_precision == "bf16" else "fp32",
+           "device": str(DEVICE)}
     line = (f"{case:<16} median {med:9.2f} ms/step  min {mn:9.2f}  cpu {median(cpu):9.0f} ms/step  "
             f"({len(times)} steps)  peak RSS {peak:.0f} MiB")
+    if DEVICE.type == "cuda":
+        out["device_mem_mib"] = torch.cuda.max_memory_reserved(DEVICE) / 2**20
+        line += f"  device memory {out['device_mem_mib']:.0f} MiB"
     if images:
         out["images_per_s"] = images / (med / 1e3)
         line += f"  {out['images_per_s']:.0f} img/s"
@@ -299,16 +310,30 @@ def main():
                    help="bf16: fp32 tensors, bf16 inputs to oneDNN's matmuls and convolutions "
                         "(torch.backends.mkldnn.{matmul,conv}.fp32_precision), as selfsup's option; "
                         "autocast: the forward under torch.autocast('cpu', bfloat16) (bf16 activations)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--allow-tf32", action="store_true", help="with --device cuda: TF32 matmuls and convolutions")
     a = p.parse_args()
-    global AUTOCAST
+    global AUTOCAST, DEVICE
     AUTOCAST = a.matmul_precision == "autocast"
+    DEVICE = torch.device(a.device)
+    if DEVICE.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"torch_step.py: --device {a.device}, but torch {torch.__version__} sees no GPU")
+        if a.matmul_precision != "fp32":
+            raise SystemExit("torch_step.py: --matmul-precision is a CPU option; the GPU runs fp32")
+        # Strict fp32 by default; --allow-tf32 measures PyTorch's TF32 tensor-core path (cuDNN's
+        # default for convolutions), in case burn's CUDA matmul turns out to use TF32 itself.
+        torch.backends.cuda.matmul.allow_tf32 = a.allow_tf32
+        torch.backends.cudnn.allow_tf32 = a.allow_tf32
+    elif DEVICE.type != "cpu":
+        raise SystemExit(f"torch_step.py: unknown device {a.device}")
     if a.matmul_precision == "bf16":
         torch.backends.mkldnn.matmul.fp32_precision = "bf16"
         torch.backends.mkldnn.conv.fp32_precision = "bf16"
     torch.set_num_threads(a.threads)
     torch.set_num_interop_threads(1)
     cases = ALL + EXTRA if a.case == "all" else a.case.split(",")
-    print(f"pytorch train_step bench: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"pytorch train_step bench: torch {torch.__version__}, device {DEVICE}, {torch.get_num_threads()} threads, "
           f"{a.steps} steps after {a.warmup} warm-up, matmul precision {a.matmul_precision}", flush=True)
     for c in cases:
         run_case(c.strip(), a.warmup, a.steps)

@@ -45,6 +45,9 @@ struct Args {
     steps: usize,
     warmup: usize,
     precision: selfsup::nn::MatmulPrecision,
+    /// `cpu` (burn's flex backend) or `cuda[:N]` (a binary built with `--features cuda`).
+    device_name: String,
+    device: Device,
 }
 
 fn parse_args() -> Args {
@@ -53,6 +56,8 @@ fn parse_args() -> Args {
         steps: 10,
         warmup: 3,
         precision: Default::default(),
+        device_name: "cpu".into(),
+        device: Device::flex(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -76,9 +81,17 @@ fn parse_args() -> Args {
                     std::process::exit(2)
                 });
             }
+            "--device" => {
+                let v = it.next().expect("--device cpu|cuda|cuda:N");
+                args.device = selfsup::pipeline::parse_device(&v).unwrap_or_else(|e| {
+                    eprintln!("train_step: {e:#}");
+                    std::process::exit(2)
+                });
+                args.device_name = v;
+            }
             "-h" | "--help" => {
                 println!(
-                    "train_step [--case {}|all] [--steps N] [--warmup N] [--matmul-precision fp32|bf16]",
+                    "train_step [--case {}|all] [--steps N] [--warmup N] [--matmul-precision fp32|bf16] [--device cpu|cuda|cuda:N]",
                     ALL.iter()
                         .chain(EXTRA)
                         .cloned()
@@ -159,11 +172,22 @@ fn process_cpu_ms() -> f64 {
 }
 
 /// Times `steps` calls of `step` after `warmup` untimed ones; returns (times in ms, losses).
-fn time_steps(warmup: usize, steps: usize, mut step: impl FnMut() -> f32) -> Timing {
+/// Each step ends with a `device.sync()`: on a GPU the backward pass and the optimizer step are
+/// queued, not finished, when `step` returns (on the CPU backend the sync does nothing).
+fn time_steps(
+    device: &Device,
+    warmup: usize,
+    steps: usize,
+    mut step: impl FnMut() -> f32,
+) -> Timing {
     let mut t = Timing::default();
     for i in 0..warmup + steps {
         let (c0, t0) = (process_cpu_ms(), Instant::now());
         let loss = step();
+        if let Err(e) = device.sync() {
+            eprintln!("train_step: the device failed: {e:?}");
+            std::process::exit(1);
+        }
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let cpu = process_cpu_ms() - c0;
         t.losses.push(loss);
@@ -192,7 +216,7 @@ fn simclr_bench(
     bn_projector: bool,
     views: [usize; 4],
 ) -> Report {
-    let device = Device::flex().autodiff();
+    let device = args.device.clone().autodiff();
     device.seed(0);
     let in_channels = views[1];
     let model = if case == "simclr_a" {
@@ -217,7 +241,7 @@ fn simclr_bench(
     } else {
         (args.warmup, args.steps)
     };
-    let timing = time_steps(warmup, steps, || {
+    let timing = time_steps(&device, warmup, steps, || {
         let m = model.take().unwrap();
         let loss = m.loss_views(v1.clone(), v2.clone());
         let value = loss.clone().into_scalar::<f32>();
@@ -229,7 +253,7 @@ fn simclr_bench(
 }
 
 fn gpt_bench(args: &Args) -> Report {
-    let device = Device::flex().autodiff();
+    let device = args.device.clone().autodiff();
     device.seed(0);
     let (batch, seq, vocab) = (16usize, 128usize, 256usize);
     let cfg = GptConfig::new(vocab)
@@ -252,7 +276,7 @@ fn gpt_bench(args: &Args) -> Report {
     let tgt = Tensor::<2, Int>::from_data(TensorData::new(tgt, [batch, seq]), &device);
     let mut model: Option<Gpt> = Some(cfg.init(&device));
     let mut opt = build_optimizer("adamw", WEIGHT_DECAY, 0.9).unwrap();
-    let timing = time_steps(args.warmup, args.steps, || {
+    let timing = time_steps(&device, args.warmup, args.steps, || {
         let m = model.take().unwrap();
         let loss = m.loss(ids.clone(), tgt.clone());
         let value = loss.clone().into_scalar::<f32>();
@@ -272,12 +296,12 @@ fn gpt_bench(args: &Args) -> Report {
 }
 
 fn matmul_bench(args: &Args) -> Report {
-    let device = Device::flex();
+    let device = args.device.clone();
     let n = 2048;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let a = Tensor::<2>::from_data(TensorData::new(normal(&mut rng, n * n), [n, n]), &device);
     let b = Tensor::<2>::from_data(TensorData::new(normal(&mut rng, n * n), [n, n]), &device);
-    let timing = time_steps(args.warmup, args.steps, || {
+    let timing = time_steps(&device, args.warmup, args.steps, || {
         let c = a.clone().matmul(b.clone());
         // Read one element back so that the product is finished.
         c.slice([0..1, 0..1]).into_scalar::<f32>()
@@ -368,7 +392,7 @@ fn fma_bench(args: &Args) -> Report {
         std::process::exit(2);
     };
     let threads = bench_threads();
-    let timing = time_steps(args.warmup, args.steps, || {
+    let timing = time_steps(&Device::flex(), args.warmup, args.steps, || {
         std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| run(ITERS))).collect();
             hs.into_iter().map(|h| h.join().unwrap()).sum::<f32>()
@@ -407,7 +431,7 @@ impl Report {
         }
     }
 
-    fn print(&self, peak: f64) {
+    fn print(&self, peak: f64, device: &Device) {
         let med = median(&self.times);
         let min = self.times.iter().cloned().fold(f64::INFINITY, f64::min);
         let mut line = format!(
@@ -429,7 +453,14 @@ impl Report {
             "median_cpu_ms": median(&self.cpu),
             "peak_rss_mib": peak,
             "matmul_precision": selfsup::nn::matmul_precision().to_string(),
+            "device": format!("{device:?}"),
         });
+        // A GPU's memory pool keeps its pages, so what it reserves after the steps is its peak.
+        if let Some(usage) = device.memory_pool_usage() {
+            let mib = usage.bytes_reserved as f64 / (1u64 << 20) as f64;
+            line += &format!("  device memory {mib:.0} MiB");
+            json["device_mem_mib"] = mib.into();
+        }
         if let Some(n) = self.images_per_step {
             let ips = n / (med / 1e3);
             line += &format!("  {ips:.0} img/s");
@@ -455,6 +486,10 @@ fn main() {
     if std::env::var_os("SELFSUP_GLIBC_DEFAULTS").is_none() {
         selfsup::train::alloc::keep_freed_memory();
     }
+    if args.device_name != "cpu" && args.precision != Default::default() {
+        eprintln!("train_step: --matmul-precision bf16 selects the CPU kernels' GEMM; on a GPU burn's own matmul runs");
+        std::process::exit(2);
+    }
     if let Err(e) = selfsup::nn::set_matmul_precision(args.precision) {
         eprintln!("train_step: {e}");
         std::process::exit(2);
@@ -462,8 +497,8 @@ fn main() {
     let threads =
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "(unset: all cores)".into());
     println!(
-        "selfsup train_step bench: burn 0.22.1 flex, RAYON_NUM_THREADS={threads}, {} steps after {} warm-up, matmul precision {}",
-        args.steps, args.warmup, args.precision
+        "selfsup train_step bench: burn 0.22.1, device {}, RAYON_NUM_THREADS={threads}, {} steps after {} warm-up, matmul precision {}",
+        args.device_name, args.steps, args.warmup, args.precision
     );
     for case in &args.cases {
         let r = match case.as_str() {
@@ -497,6 +532,11 @@ fn main() {
             _ => unreachable!(),
         };
         // Peak RSS is per process: compare.py runs one case per process for that column.
-        r.print(peak_rss_mib());
+        let device = if case == "fma" {
+            Device::flex()
+        } else {
+            args.device.clone()
+        };
+        r.print(peak_rss_mib(), &device);
     }
 }

@@ -32,6 +32,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                         .with_context(|| format!("bad device index in `{s}`"))?,
                     None => 0,
                 };
+                check_cuda_device(idx)?;
                 Ok(Device::cuda(idx))
             }
             #[cfg(not(feature = "cuda"))]
@@ -39,6 +40,51 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         }
         s => bail!("unknown device `{s}`: expected cpu, cuda or cuda:N"),
     }
+}
+
+/// Checks that the NVIDIA driver loads and has device `idx` before burn touches the GPU: there a
+/// missing driver is a panic in another thread, not an error.
+#[cfg(feature = "cuda")]
+fn check_cuda_device(idx: usize) -> Result<()> {
+    use anyhow::ensure;
+    use std::ffi::CStr;
+    // SAFETY: dlopen/dlsym get valid C strings; cuInit and cuDeviceGetCount have these C
+    // signatures in every CUDA driver API version; the library stays loaded (no dlclose).
+    unsafe {
+        let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+        if lib.is_null() {
+            let why = CStr::from_ptr(libc::dlerror())
+                .to_string_lossy()
+                .into_owned();
+            bail!("--device cuda: the NVIDIA driver library could not be loaded ({why}); this machine needs an NVIDIA GPU and its driver");
+        }
+        let (init, count) = (
+            libc::dlsym(lib, c"cuInit".as_ptr()),
+            libc::dlsym(lib, c"cuDeviceGetCount".as_ptr()),
+        );
+        ensure!(
+            !init.is_null() && !count.is_null(),
+            "--device cuda: libcuda.so.1 has no cuInit/cuDeviceGetCount"
+        );
+        let init: extern "C" fn(u32) -> i32 = std::mem::transmute(init);
+        let count: extern "C" fn(*mut i32) -> i32 = std::mem::transmute(count);
+        let rc = init(0);
+        ensure!(
+            rc == 0,
+            "--device cuda: the CUDA driver did not initialize (cuInit error {rc}): no usable GPU?"
+        );
+        let mut n = 0i32;
+        let rc = count(&mut n);
+        ensure!(
+            rc == 0,
+            "--device cuda: cuDeviceGetCount failed (CUDA error {rc})"
+        );
+        ensure!(
+            idx < n.max(0) as usize,
+            "--device cuda:{idx}: this machine has {n} CUDA device(s)"
+        );
+    }
+    Ok(())
 }
 
 /// How a pretraining call is run (not part of the run's identity).
