@@ -281,13 +281,14 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         use burn::backend::AutodiffBackend;
 
-        // State: x, gamma, the forward's output (for the ReLU mask) and statistics, ReLU or not.
-        let backward = FusedBackward::<(FlexTensor, FlexTensor, BnForward, bool), 3>(
-            |(x, gamma, fwd, relu), g, _| {
-                let (dx, dgamma, dbeta) = bn_backward(&x, &gamma, &fwd, g, relu);
+        // State: x, gamma, the statistics and, with the ReLU only, the output (its mask). Without
+        // the ReLU nothing needs the output: kept here it would outlive its consumer (a ResNet
+        // block's residual add, which saves nothing) as one more activation per block.
+        let backward =
+            FusedBackward::<(FlexTensor, FlexTensor, BnSaved), 3>(|(x, gamma, saved), g, _| {
+                let (dx, dgamma, dbeta) = bn_backward(&x, &gamma, &saved, g);
                 [Some(dx), Some(dgamma), Some(dbeta)]
-            },
-        );
+            });
         let prepared = backward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
@@ -304,8 +305,12 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         );
         let output = match prepared {
             OpsKind::Tracked(prep) => {
-                let out = fwd.output.clone();
-                prep.finish((xp, gp, fwd, relu), out)
+                let saved = BnSaved {
+                    output: relu.then(|| fwd.output.clone()),
+                    mean: fwd.mean,
+                    inv_std: fwd.inv_std,
+                };
+                prep.finish((xp, gp, saved), fwd.output)
             }
             OpsKind::UnTracked(prep) => prep.finish(fwd.output),
         };
@@ -1404,7 +1409,16 @@ pub fn batch_norm_train_nd<const D: usize>(
     ))
 }
 
-/// What the batch-norm forward keeps for its backward.
+/// What the batch-norm backward needs besides x and gamma.
+#[derive(Clone, Debug)]
+struct BnSaved {
+    /// The output, for the ReLU's mask; `None` without the ReLU.
+    output: Option<FlexTensor>,
+    mean: FlexTensor,
+    inv_std: Vec<f32>,
+}
+
+/// What the batch-norm forward computes.
 #[derive(Clone, Debug)]
 struct BnForward {
     output: FlexTensor,
@@ -1556,15 +1570,16 @@ fn bn_forward(
 fn bn_backward(
     x: &FlexTensor,
     gamma: &FlexTensor,
-    fwd: &BnForward,
+    fwd: &BnSaved,
     grad: &FlexTensor,
-    relu: bool,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
     let (n, c, s) = bn_dims(x);
+    let relu = fwd.output.is_some();
+    // Without the ReLU `g` ignores y: dy stands in for it, so the loops stay the same.
     let (xs, gs, ys, dys) = (
         f32_slice(x),
         f32_slice(gamma),
-        f32_slice(&fwd.output),
+        f32_slice(fwd.output.as_ref().unwrap_or(grad)),
         f32_slice(grad),
     );
     let ms = f32_slice(&fwd.mean);
