@@ -465,9 +465,9 @@ impl Dims {
     }
 }
 
-/// A pointer the parallel tasks share; each task writes only its own head's columns.
+/// A pointer the parallel tasks share; each task writes only its own part (a head's columns…).
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(super) struct SharedMut(pub(super) *mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::fused::{
     assume_filled, f32_slice, fused_available, gemm_strided, simd, uninit_vec, FusedBackward,
+    SharedMut,
 };
 
 #[backend_extension(Flex, Autodiff)]
@@ -421,6 +422,29 @@ fn backward_w(dy: &[f32], x: &FlexTensor, g: Geom, w: &FlexTensor) -> FlexTensor
                 false,
             )
         })
+    } else if let Some(block) = dw_column_block(g) {
+        let (x, d) = (xs.as_ptr() as usize, dy.as_ptr() as usize);
+        gemm_output(g.k * g.n, |p| {
+            let p = SharedMut(p);
+            let starts: Vec<usize> = (0..g.n).step_by(block).collect();
+            starts.into_par_iter().for_each(|c0| {
+                let p = p;
+                let width = block.min(g.n - c0);
+                // SAFETY: as below, on columns c0..c0+width of dY and dW; the tasks write
+                // disjoint columns of dW.
+                unsafe {
+                    gemm_strided(
+                        (g.k, width, g.m),
+                        (p.0.add(c0), g.n, 1),
+                        (x as *const f32, 1, g.k),
+                        ((d as *const f32).add(c0), g.n, 1),
+                        1.0,
+                        false,
+                        Parallelism::None,
+                    )
+                }
+            })
+        })
     } else {
         // SAFETY: xᵀ is k×m (strides 1, k), dY is m×n row-major, dW is k×n.
         gemm_output(g.k * g.n, |p| unsafe {
@@ -434,6 +458,25 @@ fn backward_w(dy: &[f32], x: &FlexTensor, g: Geom, w: &FlexTensor) -> FlexTensor
         })
     };
     to_flex(dw, w.layout().shape().clone())
+}
+
+/// Weight gradients at most this wide (output features) are split by columns over the threads,
+/// one single-threaded GEMM each, instead of the gemm crate's own threading: for the GPT step's
+/// narrow ones (N = d_model = 256: attention and MLP output projections, inner dimension 2048–1024)
+/// that ran 189–194 GFLOP/s on two threads, the split 207–225; wider ones were as fast or slower.
+const DW_SPLIT_MAX_N: usize = 256;
+
+/// Columns per task when `dW = xᵀ·dY` is split by columns (a multiple of 16, one per thread), or
+/// `None` to leave the threading to the gemm crate.
+fn dw_column_block(g: Geom) -> Option<usize> {
+    let threads = rayon::current_num_threads();
+    let dims = (g.k, g.n, g.m);
+    (threads > 1
+        && g.n <= DW_SPLIT_MAX_N
+        && g.n >= 32
+        && g.k * g.n * g.m >= PARALLEL_MACS
+        && !super::bf16_gemm::use_bf16(dims))
+    .then(|| g.n.div_ceil(threads).next_multiple_of(16))
 }
 
 /// Rows per parallel task of the bias fill.
