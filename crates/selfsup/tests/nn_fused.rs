@@ -509,6 +509,18 @@ const LINEAR_CASES: [(&[usize], usize, usize, bool, bool); 7] = [
     (&[33], 64, 31, false, true),
 ];
 
+/// A linear case's input and output shapes as 4-D ones (rank-generic through a 4-D view: the
+/// leading dims padded with ones): `[.., K]` and `[.., N]`.
+fn linear_dims4(lead: &[usize], k: usize, n: usize) -> ([usize; 4], [usize; 4]) {
+    let mut dims = vec![1usize; 3 - lead.len()];
+    dims.extend(lead);
+    dims.push(k);
+    let input: [usize; 4] = dims.try_into().unwrap();
+    let mut output = input;
+    output[3] = n;
+    (input, output)
+}
+
 #[test]
 fn fused_linear_matches_burn_values_and_gradients() {
     use burn::nn::LinearConfig;
@@ -517,13 +529,8 @@ fn fused_linear_matches_burn_values_and_gradients() {
     for (i, &(lead, k, n, bias, strided)) in LINEAR_CASES.iter().enumerate() {
         device.seed(300 + i as u64);
         let layer = LinearConfig::new(k, n).with_bias(bias).init(&device);
-        let mut shape = lead.to_vec();
-        shape.push(k);
         let what = format!("leading {lead:?} K {k} N {n} bias {bias} strided {strided}");
-        // Rank-generic through a 4-D view: pad the leading dims with ones.
-        let mut dims4 = vec![1usize; 4 - shape.len()];
-        dims4.extend(&shape);
-        let dims4: [usize; 4] = dims4.try_into().unwrap();
+        let (dims4, out4) = linear_dims4(lead, k, n);
         let x = if strided {
             // Built as [.., K, last] and transposed: a view whose last dim is not contiguous.
             let mut d = dims4;
@@ -532,8 +539,6 @@ fn fused_linear_matches_burn_values_and_gradients() {
         } else {
             Tensor::<4>::random(dims4, Distribution::Normal(0.0, 1.0), &device)
         };
-        let mut out4 = dims4;
-        out4[3] = n;
         let cot = Tensor::<4>::random(out4, Distribution::Normal(0.0, 1.0), &device);
 
         let xf = x.clone().require_grad();
@@ -599,15 +604,9 @@ fn fused_linear_gelu_equals_linear_then_gelu() {
             // burn initializes biases uniformly, so adding one in the wrong place shows.
             assert!(values(b.val()).iter().any(|&v| v != 0.0));
         }
-        let mut shape = lead.to_vec();
-        shape.push(k);
-        let mut dims4 = vec![1usize; 4 - shape.len()];
-        dims4.extend(&shape);
-        let dims4: [usize; 4] = dims4.try_into().unwrap();
+        let (dims4, out4) = linear_dims4(lead, k, n);
         let what = format!("leading {lead:?} K {k} N {n} bias {bias}");
         let x = Tensor::<4>::random(dims4, Distribution::Normal(0.0, 2.0), &device);
-        let mut out4 = dims4;
-        out4[3] = n;
         let cot = Tensor::<4>::random(out4, Distribution::Normal(0.0, 1.0), &device);
 
         let run = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
@@ -658,14 +657,9 @@ fn fused_linear_residual_matches_residual_plus_linear() {
     for (i, &(lead, k, n, bias, strided)) in LINEAR_CASES.iter().enumerate() {
         device.seed(700 + i as u64);
         let layer = LinearConfig::new(k, n).with_bias(bias).init(&device);
-        let mut dims = vec![1usize; 3 - lead.len()];
-        dims.extend(lead);
-        dims.push(k);
-        let dims: [usize; 4] = dims.try_into().unwrap();
+        let (dims, out) = linear_dims4(lead, k, n);
         let what = format!("leading {lead:?} K {k} N {n} bias {bias} strided {strided}");
         let x = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
-        let mut out = dims;
-        out[3] = n;
         let residual = if strided {
             let mut d = out;
             d.swap(2, 3);
