@@ -9,6 +9,10 @@ use selfsup::eval::{EvalConfig, LabelBudget};
 use selfsup::experiment::{self, DemoOptions};
 use selfsup::pipeline::{self, RunOptions};
 use selfsup::text_pipeline::{self, TextPretrainConfig};
+
+/// Large tensors on transparent huge pages once `keep_freed_memory` has run (see its docs).
+#[global_allocator]
+static ALLOC: selfsup::train::alloc::HugePageAlloc = selfsup::train::alloc::HugePageAlloc;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]

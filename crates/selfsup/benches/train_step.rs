@@ -35,6 +35,9 @@ use selfsup::nn::{EncoderConfig, Mlp};
 use selfsup::train::optim::build_optimizer;
 use std::time::Instant;
 
+#[global_allocator]
+static ALLOC: selfsup::train::alloc::HugePageAlloc = selfsup::train::alloc::HugePageAlloc;
+
 const ALL: &[&str] = &["simclr_a", "simclr_b", "gpt", "matmul", "fma"];
 const EXTRA: &[&str] = &["fmnist_tiny", "fmnist_resnet18"];
 const LR: f64 = 1e-3;
