@@ -64,8 +64,8 @@ const HUGE_PAGE: usize = 2 << 20;
 /// heap's growth too. A binary opts in with `#[global_allocator]`; it takes effect once
 /// [`keep_freed_memory`] ran. Elsewhere (or with THP off) it is `System`.
 ///
-/// `bench/ab_env.sh`-style A/B of one `train_step` binary with and without
-/// (`SELFSUP_NO_HUGEPAGES=1`), 4–6 rounds alternated, median ms/step: SimCLR A 202.3 → 193.3,
+/// `bench/ab_env.sh CASE ROUNDS BIN SELFSUP_NO_HUGEPAGES=1` (one `train_step` binary with and
+/// without, 4–6 rounds alternated), median ms/step without → with: SimCLR A 202.3 → 193.3,
 /// SimCLR B 216.1 → 209.1, GPT 236.8 → 235.9 (noise); peak RSS unchanged (twelfth session).
 pub struct HugePageAlloc;
 
