@@ -53,6 +53,8 @@ struct Args {
     device: Device,
 }
 
+use selfsup::nn::op_times::{self, OpTime};
+
 fn parse_args() -> Args {
     let mut args = Args {
         cases: ALL.iter().map(|s| s.to_string()).collect(),
@@ -67,6 +69,8 @@ fn parse_args() -> Args {
         match a.as_str() {
             // cargo bench passes --bench to harness=false targets.
             "--bench" => {}
+            // Wall time per fused kernel and per phase of the step, printed after each case.
+            "--op-times" => op_times::enable(),
             "--case" | "--cases" => {
                 let v = it.next().expect("--case needs a value");
                 args.cases = if v == "all" {
@@ -94,7 +98,7 @@ fn parse_args() -> Args {
             }
             "-h" | "--help" => {
                 println!(
-                    "train_step [--case {}|all] [--steps N] [--warmup N] [--matmul-precision fp32|bf16] [--device cpu|cuda|cuda:N]",
+                    "train_step [--case {}|all] [--steps N] [--warmup N] [--matmul-precision fp32|bf16] [--device cpu|cuda|cuda:N] [--op-times]",
                     ALL.iter()
                         .chain(EXTRA)
                         .cloned()
@@ -185,6 +189,10 @@ fn time_steps(
 ) -> Timing {
     let mut t = Timing::default();
     for i in 0..warmup + steps {
+        if i == warmup {
+            // The op times cover the timed steps only.
+            op_times::take();
+        }
         let (c0, t0) = (process_cpu_ms(), Instant::now());
         let loss = step();
         if let Err(e) = device.sync() {
@@ -199,7 +207,57 @@ fn time_steps(
             t.cpu.push(cpu);
         }
     }
+    if op_times::enabled() {
+        print_op_times(&op_times::take(), steps);
+    }
     t
+}
+
+/// Times `f` as the step's phase `name` under `--op-times`.
+fn phase<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
+    let _span = op_times::span(name);
+    f()
+}
+
+/// The `--op-times` table: per step, the phases, then each kernel (with its sizes) by time.
+fn print_op_times(ops: &[OpTime], steps: usize) {
+    let per_step = |t: &OpTime| t.total.as_secs_f64() * 1e3 / steps.max(1) as f64;
+    let (phases, kernels): (Vec<&OpTime>, Vec<&OpTime>) =
+        ops.iter().partition(|t| t.name.starts_with("step:"));
+    let step_ms: f64 = phases.iter().map(|t| per_step(t)).sum();
+    let kernel_ms: f64 = kernels.iter().map(|t| per_step(t)).sum();
+    println!("op times, ms per step over {steps} timed steps (wall time of each call; parallel kernels count once):");
+    for t in &phases {
+        println!("  {:>8.2} ms  {}", per_step(t), t.name);
+    }
+    let mut kernels = kernels;
+    kernels.sort_by(|a, b| b.total.cmp(&a.total));
+    for t in &kernels {
+        // A linear layer's sizes are (rows, inputs, outputs): 2·m·k·n FLOPs per call.
+        let rate = match (
+            t.name.starts_with("linear d") || t.name == "linear forward",
+            &t.sizes[..],
+        ) {
+            (true, &[m, k, n]) => format!(
+                "  {:>5.0} GFLOP/s",
+                2.0 * (m * k * n * t.calls) as f64 / t.total.as_secs_f64() / 1e9
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "  {:>8.2} ms  {:>5.1}%  {:>3} calls  {} {:?}{rate}",
+            per_step(t),
+            100.0 * per_step(t) / step_ms.max(1e-9),
+            t.calls / steps.max(1),
+            t.name,
+            t.sizes,
+        );
+    }
+    println!(
+        "  {:>8.2} ms  {:>5.1}%  outside the fused kernels (burn ops, autodiff, allocation)",
+        step_ms - kernel_ms,
+        100.0 * (step_ms - kernel_ms) / step_ms.max(1e-9)
+    );
 }
 
 #[derive(Default)]
@@ -246,10 +304,15 @@ fn simclr_bench(
     };
     let timing = time_steps(&device, warmup, steps, || {
         let m = model.take().unwrap();
-        let loss = m.loss_views(v1.clone(), v2.clone());
-        let value = loss.clone().into_scalar::<f32>();
-        let grads = GradientsParams::from_grads(loss.backward(), &m);
-        model = Some(opt.step(LR, m, grads));
+        let (loss, value) = phase("step: forward", || {
+            let loss = m.loss_views(v1.clone(), v2.clone());
+            let value = loss.clone().into_scalar::<f32>();
+            (loss, value)
+        });
+        let grads = phase("step: backward", || {
+            GradientsParams::from_grads(loss.backward(), &m)
+        });
+        model = Some(phase("step: optimizer", || opt.step(LR, m, grads)));
         value
     });
     Report::new(case, timing, Some(views[0] as f64))
@@ -281,10 +344,15 @@ fn gpt_bench(args: &Args) -> Report {
     let mut opt = build_optimizer("adamw", WEIGHT_DECAY, 0.9).unwrap();
     let timing = time_steps(&device, args.warmup, args.steps, || {
         let m = model.take().unwrap();
-        let loss = m.loss(ids.clone(), tgt.clone());
-        let value = loss.clone().into_scalar::<f32>();
-        let grads = GradientsParams::from_grads(loss.backward(), &m);
-        model = Some(opt.step(LR, m, grads));
+        let (loss, value) = phase("step: forward", || {
+            let loss = m.loss(ids.clone(), tgt.clone());
+            let value = loss.clone().into_scalar::<f32>();
+            (loss, value)
+        });
+        let grads = phase("step: backward", || {
+            GradientsParams::from_grads(loss.backward(), &m)
+        });
+        model = Some(phase("step: optimizer", || opt.step(LR, m, grads)));
         value
     });
     let mut r = Report::new("gpt", timing, None);

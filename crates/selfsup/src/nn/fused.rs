@@ -649,6 +649,7 @@ unsafe fn attention_scores(
 /// from the scores and these two numbers, bit for bit as here (flash-attention style), so the
 /// saved state is O(T) per head instead of O(T²).
 fn attention_forward(qkv: &FlexTensor, n_heads: usize) -> (FlexTensor, FlexTensor) {
+    let _time = super::op_times::span("attention forward");
     let Dims { b, t, h, dh, d } = Dims::of(qkv, n_heads);
     let x = f32_slice(qkv);
     let scale = 1.0 / (dh as f32).sqrt();
@@ -724,6 +725,7 @@ fn attention_backward(
     grad: &FlexTensor,
     n_heads: usize,
 ) -> FlexTensor {
+    let _time = super::op_times::span("attention backward");
     let Dims { b, t, h, dh, d } = Dims::of(qkv, n_heads);
     let x = f32_slice(qkv);
     let st_all = f32_slice(stats);
@@ -1187,6 +1189,7 @@ unsafe fn scatter_add_row(src: *const f32, sw: usize, dst: *mut f32, cnt: usize)
 /// Forward: for each group of images, cols `[K, G·P]`, `Y = W · cols` `[C', G·P]`, scattered
 /// into NCHW.
 fn conv_forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeom) -> FlexTensor {
+    let _time = super::op_times::span("conv forward");
     let xs = f32_slice(x);
     let ws = f32_slice(weight);
     if g.winograd() {
@@ -1264,6 +1267,7 @@ fn conv_backward(
     want_dx: bool,
     want_dw: bool,
 ) -> (Option<FlexTensor>, Option<FlexTensor>) {
+    let _time = super::op_times::span("conv backward");
     if g.winograd() {
         // dX is the convolution of dY with the flipped, channel-swapped filter (again 3×3,
         // stride 1, padding 1); dW comes from the same tiles (`winograd::weight_grad3x3`).
@@ -1496,6 +1500,7 @@ fn bn_forward(
     eps: f64,
     relu: bool,
 ) -> BnForward {
+    let _time = super::op_times::span("batch norm forward");
     let (n, c, s) = bn_dims(x);
     let xs = f32_slice(x);
     let (gs, bs) = (f32_slice(gamma), f32_slice(beta));
@@ -1573,6 +1578,7 @@ fn bn_backward(
     fwd: &BnSaved,
     grad: &FlexTensor,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let _time = super::op_times::span("batch norm backward");
     let (n, c, s) = bn_dims(x);
     let relu = fwd.output.is_some();
     // Without the ReLU `g` ignores y: dy stands in for it, so the loops stay the same.
@@ -1676,6 +1682,7 @@ fn ln_forward(
     b: &FlexTensor,
     eps: f64,
 ) -> (FlexTensor, Vec<(f32, f32)>) {
+    let _time = super::op_times::span("layer norm forward");
     let shape = x.layout().shape().clone();
     let d = shape[shape.num_dims() - 1];
     let (xs, ws, bs) = (f32_slice(x), f32_slice(w), f32_slice(b));
@@ -1716,6 +1723,7 @@ fn ln_backward(
     stats: &[(f32, f32)],
     grad: &FlexTensor,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let _time = super::op_times::span("layer norm backward");
     let shape = x.layout().shape().clone();
     let d = shape[shape.num_dims() - 1];
     let (xs, ws, gs) = (f32_slice(x), f32_slice(w), f32_slice(grad));
@@ -1926,6 +1934,7 @@ fn gelu_chunks(z: &FlexTensor, bias: Option<&[f32]>) -> (usize, usize) {
 /// GELU of `z` (+ `bias` along the last dimension) in parallel chunks. No bias: no addition at
 /// all, so that −0 stays −0 as in the plain GELU.
 fn gelu_forward_with(z: &FlexTensor, bias: Option<&[f32]>) -> FlexTensor {
+    let _time = super::op_times::span("gelu forward");
     let shape = z.layout().shape().clone();
     let zs = f32_slice(z);
     let (n, chunk) = gelu_chunks(z, bias);
@@ -1958,6 +1967,7 @@ fn gelu_forward_with(z: &FlexTensor, bias: Option<&[f32]>) -> FlexTensor {
 
 /// `grad · GELU′(z (+ bias))` in parallel chunks (contiguous streams).
 fn gelu_backward_with(z: &FlexTensor, bias: Option<&[f32]>, grad: &FlexTensor) -> Vec<f32> {
+    let _time = super::op_times::span("gelu backward");
     let (zs, gs) = (f32_slice(z), f32_slice(grad));
     let (n, chunk) = gelu_chunks(z, bias);
     let mut dz = uninit_vec(zs.len());
@@ -2023,6 +2033,7 @@ impl FusedOptimOps for Flex {
         weight_decay: f32,
         time: usize,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let _time = super::op_times::span("adamw");
         let shape = param.layout().shape().clone();
         let (p, g, m, v) = (
             f32_slice(&param),

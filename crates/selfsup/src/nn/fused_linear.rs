@@ -327,6 +327,7 @@ fn forward(
     transposed: bool,
 ) -> FlexTensor {
     let g = Geom::of(x, w, transposed);
+    let _time = super::op_times::span_sized("linear forward", &[g.m, g.k, g.n]);
     let (xs, ws) = (f32_slice(x), f32_slice(w));
     let mut shape = x.layout().shape().clone();
     let last = shape.num_dims() - 1;
@@ -391,6 +392,7 @@ fn forward(
 
 /// `dX = dY · Wᵀ` in x's shape.
 fn backward_x(dy: &[f32], w: &FlexTensor, g: Geom, x: &FlexTensor) -> FlexTensor {
+    let _time = super::op_times::span_sized("linear dx", &[g.m, g.k, g.n]);
     let ws = f32_slice(w);
     let (rs, cs) = g.w_kn();
     // Wᵀ as an n × k matrix swaps the strides.
@@ -410,6 +412,7 @@ fn backward_x(dy: &[f32], w: &FlexTensor, g: Geom, x: &FlexTensor) -> FlexTensor
 
 /// `dW = xᵀ · dY` (`[K, N]`), or `dYᵀ · x` (`[N, K]`) for a transposed weight.
 fn backward_w(dy: &[f32], x: &FlexTensor, g: Geom, w: &FlexTensor) -> FlexTensor {
+    let _time = super::op_times::span_sized("linear dW", &[g.m, g.k, g.n]);
     let xs = f32_slice(x);
     let dw = if g.transposed {
         // SAFETY: dYᵀ is n×m (strides 1, n), x is m×k row-major, dW is n×k.
@@ -488,6 +491,7 @@ const BIAS_COLUMNS: usize = 64;
 /// `db = Σ_rows dY`; each column is summed by one task in row order, so the result does not
 /// depend on the thread schedule.
 fn backward_b(dy: &[f32], g: Geom) -> FlexTensor {
+    let _time = super::op_times::span_sized("linear db", &[g.m, g.n]);
     to_flex(bias_gradient(dy, g.n), Shape::new([g.n]))
 }
 

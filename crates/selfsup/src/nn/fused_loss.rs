@@ -105,6 +105,7 @@ fn class_indices(targets: &FlexTensor, n: usize, v: usize) -> Vec<usize> {
 
 /// Forward: (mean loss `[1]`, per-row log-sum-exp, class indices).
 fn forward(logits: &FlexTensor, targets: &FlexTensor) -> (FlexTensor, Vec<f32>, Vec<usize>) {
+    let _time = super::op_times::span("cross-entropy forward");
     let shape = logits.layout().shape();
     assert_eq!(shape.num_dims(), 2, "cross_entropy: logits must be [N, V]");
     let (n, v) = (shape[0], shape[1]);
@@ -141,6 +142,7 @@ fn forward(logits: &FlexTensor, targets: &FlexTensor) -> (FlexTensor, Vec<f32>, 
 
 /// d loss / d logits = `g / N · (softmax − onehot(target))`.
 fn backward(logits: &FlexTensor, t: &[usize], lse: &[f32], g: f32) -> FlexTensor {
+    let _time = super::op_times::span("cross-entropy backward");
     let shape = logits.layout().shape().clone();
     let (n, v) = (shape[0], shape[1]);
     let xs = f32_slice(logits);

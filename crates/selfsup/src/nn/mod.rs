@@ -8,6 +8,7 @@ pub mod fused_linear;
 pub mod fused_loss;
 pub mod init;
 pub mod mlp;
+pub mod op_times;
 pub mod representation;
 mod small_gemm;
 pub mod transformer;
