@@ -231,7 +231,7 @@ fn print_op_times(ops: &[OpTime], steps: usize) {
         println!("  {:>8.2} ms  {}", per_step(t), t.name);
     }
     let mut kernels = kernels;
-    kernels.sort_by(|a, b| b.total.cmp(&a.total));
+    kernels.sort_by_key(|t| std::cmp::Reverse(t.total));
     for t in &kernels {
         // A linear layer's sizes are (rows, inputs, outputs): 2·m·k·n FLOPs per call.
         let rate = match (
