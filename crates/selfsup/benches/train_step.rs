@@ -213,6 +213,28 @@ fn time_steps(
     t
 }
 
+/// One training step of the model in `model` (forward with `loss`, loss read back, backward,
+/// AdamW), each phase timed under `--op-times`; returns the loss.
+fn train_step<M: burn::module::Module>(
+    model: &mut Option<M>,
+    opt: &mut burn::optim::ModuleOptimizer,
+    loss: impl FnOnce(&M) -> Tensor<1>,
+) -> f32 {
+    let m = model
+        .take()
+        .expect("the model is put back after every step");
+    let (loss, value) = phase("step: forward", || {
+        let loss = loss(&m);
+        let value = loss.clone().into_scalar::<f32>();
+        (loss, value)
+    });
+    let grads = phase("step: backward", || {
+        GradientsParams::from_grads(loss.backward(), &m)
+    });
+    *model = Some(phase("step: optimizer", || opt.step(LR, m, grads)));
+    value
+}
+
 /// Times `f` as the step's phase `name` under `--op-times`.
 fn phase<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
     let _span = op_times::span(name);
@@ -303,17 +325,9 @@ fn simclr_bench(
         (args.warmup, args.steps)
     };
     let timing = time_steps(&device, warmup, steps, || {
-        let m = model.take().unwrap();
-        let (loss, value) = phase("step: forward", || {
-            let loss = m.loss_views(v1.clone(), v2.clone());
-            let value = loss.clone().into_scalar::<f32>();
-            (loss, value)
-        });
-        let grads = phase("step: backward", || {
-            GradientsParams::from_grads(loss.backward(), &m)
-        });
-        model = Some(phase("step: optimizer", || opt.step(LR, m, grads)));
-        value
+        train_step(&mut model, &mut opt, |m| {
+            m.loss_views(v1.clone(), v2.clone())
+        })
     });
     Report::new(case, timing, Some(views[0] as f64))
 }
@@ -343,17 +357,7 @@ fn gpt_bench(args: &Args) -> Report {
     let mut model: Option<Gpt> = Some(cfg.init(&device));
     let mut opt = build_optimizer("adamw", WEIGHT_DECAY, 0.9).unwrap();
     let timing = time_steps(&device, args.warmup, args.steps, || {
-        let m = model.take().unwrap();
-        let (loss, value) = phase("step: forward", || {
-            let loss = m.loss(ids.clone(), tgt.clone());
-            let value = loss.clone().into_scalar::<f32>();
-            (loss, value)
-        });
-        let grads = phase("step: backward", || {
-            GradientsParams::from_grads(loss.backward(), &m)
-        });
-        model = Some(phase("step: optimizer", || opt.step(LR, m, grads)));
-        value
+        train_step(&mut model, &mut opt, |m| m.loss(ids.clone(), tgt.clone()))
     });
     let mut r = Report::new("gpt", timing, None);
     // Model FLOPs per training step (forward + backward ≈ 3× forward), counting matmuls only:
