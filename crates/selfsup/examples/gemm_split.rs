@@ -66,6 +66,37 @@ unsafe fn mm((m, n, k): (usize, usize, usize), d: Mat, l: Mat, r: Mat, par: Para
     }
 }
 
+/// `mm` as `parts` single-threaded GEMMs over the threads, each on a block of dst's rows (and
+/// lhs's) or of its columns (and rhs's), 16-aligned.
+fn split((m, n, k): (usize, usize, usize), d: Mat, l: Mat, r: Mat, parts: usize, by_rows: bool) {
+    let len = if by_rows { m } else { n };
+    let block = len.div_ceil(parts).next_multiple_of(16);
+    (0..len)
+        .step_by(block)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .for_each(|i0| {
+            let w = block.min(len - i0);
+            // SAFETY: the block lies inside the caller's matrices; blocks write disjoint parts
+            // of dst (4 bytes per element).
+            unsafe {
+                if by_rows {
+                    let (d, l) = (
+                        (d.0 + 4 * i0 * d.1, d.1, d.2),
+                        (l.0 + 4 * i0 * l.1, l.1, l.2),
+                    );
+                    mm((w, n, k), d, l, r, Parallelism::None)
+                } else {
+                    let (d, r) = (
+                        (d.0 + 4 * i0 * d.2, d.1, d.2),
+                        (r.0 + 4 * i0 * r.2, r.1, r.2),
+                    );
+                    mm((m, w, k), d, l, r, Parallelism::None)
+                }
+            }
+        })
+}
+
 fn main() {
     let threads = rayon::current_num_threads();
     println!("{threads} threads; GFLOP/s");
@@ -99,41 +130,9 @@ fn main() {
                 gf(crate_t)
             );
             for parts in [2, 4, 8, 16] {
-                let rows = mm_.div_ceil(parts).next_multiple_of(16);
-                let t = best_ms(|| {
-                    (0..mm_)
-                        .step_by(rows)
-                        .collect::<Vec<_>>()
-                        .into_par_iter()
-                        .for_each(|r0| unsafe {
-                            let h = rows.min(mm_ - r0);
-                            mm(
-                                (h, nn, kk),
-                                (d.0 + 4 * r0 * d.1, d.1, 1),
-                                (l.0 + 4 * r0 * l.1, l.1, l.2),
-                                r,
-                                Parallelism::None,
-                            )
-                        })
-                });
+                let t = best_ms(|| split((mm_, nn, kk), d, l, r, parts, true));
                 assert_eq!(out, reference);
-                let cols = nn.div_ceil(parts).next_multiple_of(16);
-                let tc = best_ms(|| {
-                    (0..nn)
-                        .step_by(cols)
-                        .collect::<Vec<_>>()
-                        .into_par_iter()
-                        .for_each(|c0| unsafe {
-                            let wdt = cols.min(nn - c0);
-                            mm(
-                                (mm_, wdt, kk),
-                                (d.0 + 4 * c0, d.1, 1),
-                                l,
-                                (r.0 + 4 * c0 * r.2, r.1, r.2),
-                                Parallelism::None,
-                            )
-                        })
-                });
+                let tc = best_ms(|| split((mm_, nn, kk), d, l, r, parts, false));
                 assert_eq!(out, reference);
                 line += &format!(" | {parts}: rows {:4.0} cols {:4.0}", gf(t), gf(tc));
             }
