@@ -1783,12 +1783,32 @@ fn gelu_value(x: f32) -> f32 {
     0.5 * x * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// d/dx GELU = Φ(x) + x φ(x) of one value.
+/// d/dx GELU = Φ(x) + x φ(x) of one value, as `0.5 + x·P(x²)/Q(x²)` (degrees 5 and 5), exactly
+/// 1 past x = 5.65 and 0 below −5.65: within 3.3e-7 of the exact slope everywhere, evaluated in
+/// f32 (the erf + exp it replaces was within 4e-7), in about half the operations, which made
+/// GELU's backward the dearest element-wise pass of the GPT step. The coefficients are a
+/// weighted least-squares fit of (slope − 0.5)/x on 44 000 points of [0, 5.65], refined toward
+/// equal ripple (bench/README.md, thirteenth session).
 #[inline(always)]
 fn gelu_slope(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    let pdf = 0.398_942_3 * fast_exp(-0.5 * x * x);
-    cdf + x * pdf
+    const T: f32 = 5.65;
+    let xc = x.clamp(-T, T);
+    let s = xc * xc;
+    let p = ((((1.925_471e-7 * s + 3.592_751_5e-5) * s + 1.948_965_1e-5) * s + 0.014_228_173) * s
+        - 0.030_985_411)
+        * s
+        + 0.797_885_36;
+    let q = ((((8.940_249e-6 * s + 1.920_449_6e-4) * s + 3.522_842_4e-3) * s + 0.040_982_04) * s
+        + 0.294_507_06)
+        * s
+        + 1.0;
+    if x > T {
+        1.0
+    } else if x < -T {
+        0.0
+    } else {
+        0.5 + xc * p / q
+    }
 }
 
 /// GELU of `z + bias` (`bias` along the last dimension) through the fused kernel; `None` where
