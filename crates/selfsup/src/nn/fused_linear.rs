@@ -390,6 +390,10 @@ fn forward(
     to_flex(out, shape)
 }
 
+/// The largest weight (values) [`backward_x`] copies transposed: 16 MiB, a GPT-2-small MLP
+/// weight is 9; a 50k-token output head (150 MiB) is read through strides instead.
+const WT_COPY_MAX: usize = 4 << 20;
+
 /// `dX = dY · Wᵀ` in x's shape.
 ///
 /// A `[K, N]` weight is first transposed into a row-major `[N, K]` copy (K·N values, a few
@@ -403,7 +407,8 @@ fn backward_x(dy: &[f32], w: &FlexTensor, g: Geom, x: &FlexTensor) -> FlexTensor
     let ws = f32_slice(w);
     let (rs, cs) = g.w_kn();
     let mut wt: Vec<f32>;
-    let rhs = if cs == 1 && g.n > 1 && !super::bf16_gemm::use_bf16((g.m, g.k, g.n)) {
+    let copy = cs == 1 && g.n > 1 && g.n * g.k <= WT_COPY_MAX;
+    let rhs = if copy && !super::bf16_gemm::use_bf16((g.m, g.k, g.n)) {
         wt = vec![0.0f32; g.n * g.k];
         super::small_gemm::transpose(&ws, g.n, g.k, g.n, &mut wt);
         (wt.as_ptr(), g.k, 1)
