@@ -1910,7 +1910,7 @@ fn gelu_forward(x: &FlexTensor) -> FlexTensor {
 /// d/dx GELU = Φ(x) + x φ(x).
 fn gelu_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     let shape = x.layout().shape().clone();
-    FlexTensor::from_data(TensorData::new(gelu_backward_with(x, None, grad), shape))
+    FlexTensor::from_data(TensorData::new(gelu_backward_with(x, None, grad).0, shape))
 }
 
 /// The GELU of `z + b`, `b` along the last dimension, in the same arithmetic as
@@ -1919,8 +1919,8 @@ fn bias_gelu_forward(z: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     gelu_forward_with(z, Some(&f32_slice(b)))
 }
 
-/// Backward of [`bias_gelu_forward`]: (`dz`, `db`). `dz` as [`gelu_backward`] of the sum, then
-/// `db` summed over the rows in order per block of columns, as the linear layer's own bias
+/// Backward of [`bias_gelu_forward`]: (`dz`, `db`). `dz` as [`gelu_backward`] of the sum, `db`
+/// from the pass's per-block column sums, added in block order as the linear layer's own bias
 /// gradient does, so the numbers equal the unfused linear → GELU's.
 fn bias_gelu_backward(
     z: &FlexTensor,
@@ -1930,16 +1930,16 @@ fn bias_gelu_backward(
     let shape = z.layout().shape().clone();
     let bs = f32_slice(b);
     let n = bs.len();
-    let dz = gelu_backward_with(z, Some(&bs), grad);
-    let db = super::fused_linear::bias_gradient(&dz, n);
+    let (dz, partials) = gelu_backward_with(z, Some(&bs), grad);
+    let db = super::fused_linear::sum_partials(&partials, n);
     (
         FlexTensor::from_data(TensorData::new(dz, shape)),
         FlexTensor::from_data(TensorData::new(db, [n])),
     )
 }
 
-/// Row chunks of `z` for the GELU passes: rows of the bias's width (whole rows per chunk), or
-/// plain chunks without a bias.
+/// Chunks of `z` for the GELU passes: with a bias, the blocks of rows of the linear layer's bias
+/// gradient ([`super::fused_linear::bias_block_rows`]); without, plain chunks.
 fn gelu_chunks(z: &FlexTensor, bias: Option<&[f32]>) -> (usize, usize) {
     let len = f32_slice(z).len();
     let n = bias.map_or(ELEMENTWISE_CHUNK, <[f32]>::len);
@@ -1948,7 +1948,11 @@ fn gelu_chunks(z: &FlexTensor, bias: Option<&[f32]>) -> (usize, usize) {
         "fused bias GELU: a bias of {n} for a last dimension of {:?}",
         z.layout().shape()
     );
-    (n, (ELEMENTWISE_CHUNK / n).max(1) * n)
+    let rows = match bias {
+        Some(_) => super::fused_linear::bias_block_rows(n),
+        None => 1,
+    };
+    (n, rows * n)
 }
 
 /// GELU of `z` (+ `bias` along the last dimension) in parallel chunks. No bias: no addition at
@@ -1985,20 +1989,29 @@ fn gelu_forward_with(z: &FlexTensor, bias: Option<&[f32]>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(out, shape))
 }
 
-/// `grad · GELU′(z (+ bias))` in parallel chunks (contiguous streams).
-fn gelu_backward_with(z: &FlexTensor, bias: Option<&[f32]>, grad: &FlexTensor) -> Vec<f32> {
+/// `grad · GELU′(z (+ bias))` in parallel chunks (contiguous streams); with a bias also each
+/// chunk's column sums of the result (chunks of [`super::fused_linear::bias_block_rows`] rows,
+/// each summed in row order: the blocks of the linear layer's own bias gradient), so that `db`
+/// needs no second pass over the result.
+fn gelu_backward_with(
+    z: &FlexTensor,
+    bias: Option<&[f32]>,
+    grad: &FlexTensor,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
     let _time = super::op_times::span("gelu backward");
     let (zs, gs) = (f32_slice(z), f32_slice(grad));
     let (n, chunk) = gelu_chunks(z, bias);
     let mut dz = uninit_vec(zs.len());
-    dz.par_chunks_mut(chunk)
+    let partials: Vec<Vec<f32>> = dz
+        .par_chunks_mut(chunk)
         .zip(zs.par_chunks(chunk))
         .zip(gs.par_chunks(chunk))
-        .for_each(|((d, z), g)| {
+        .map(|((d, z), g)| {
             simd(
                 #[inline(always)]
                 || match bias {
                     Some(bs) => {
+                        let mut sums = vec![0.0f32; n];
                         for ((drow, zrow), grow) in
                             d.chunks_mut(n).zip(z.chunks(n)).zip(g.chunks(n))
                         {
@@ -2007,18 +2020,26 @@ fn gelu_backward_with(z: &FlexTensor, bias: Option<&[f32]>, grad: &FlexTensor) -
                             {
                                 dv.write(gv * gelu_slope(v + bv));
                             }
+                            // SAFETY: the loop above wrote the whole row.
+                            let drow: &[f32] = unsafe { &*(drow as *const _ as *const [f32]) };
+                            for (sum, &x) in sums.iter_mut().zip(drow) {
+                                *sum += x;
+                            }
                         }
+                        sums
                     }
                     None => {
                         for ((dv, &v), &gv) in d.iter_mut().zip(z).zip(g) {
                             dv.write(gv * gelu_slope(v));
                         }
+                        Vec::new()
                     }
                 },
             )
-        });
+        })
+        .collect();
     // SAFETY: the chunks cover dz, every slot written.
-    unsafe { assume_filled(dz) }
+    (unsafe { assume_filled(dz) }, partials)
 }
 
 #[backend_extension(Flex)]

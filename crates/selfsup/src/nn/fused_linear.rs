@@ -504,34 +504,54 @@ fn dw_column_block(g: Geom) -> Option<usize> {
 /// Rows per parallel task of the bias fill.
 const BIAS_ROWS: usize = 64;
 
-/// Output columns per parallel task of the bias gradient.
-const BIAS_COLUMNS: usize = 64;
+/// Values per block of rows whose column sums the bias gradient adds up first (whole rows, at
+/// least one): the blocks' partial sums are then added in block order, so the result does not
+/// depend on the thread schedule, and the fused bias + GELU backward
+/// ([`super::fused::bias_gelu`]) sums the same blocks in the same order inside its own pass.
+const BIAS_BLOCK_VALUES: usize = 1 << 14;
 
-/// `db = Σ_rows dY`; each column is summed by one task in row order, so the result does not
-/// depend on the thread schedule.
+/// `db = Σ_rows dY` ([`bias_gradient`]: the same numbers whatever the thread schedule).
 fn backward_b(dy: &[f32], g: Geom) -> FlexTensor {
     let _time = super::op_times::span_sized("linear db", &[g.m, g.n]);
     to_flex(bias_gradient(dy, g.n), Shape::new([g.n]))
 }
 
-/// `Σ_rows dy` of a row-major `dy` `[…, n]`.
+/// Rows per block of [`bias_gradient`] for rows of `n` values.
+pub(super) fn bias_block_rows(n: usize) -> usize {
+    (BIAS_BLOCK_VALUES / n.max(1)).max(1)
+}
+
+/// `Σ_rows dy` of a row-major `dy` `[…, n]`: per block of [`bias_block_rows`] rows the column
+/// sums in row order, in parallel, then [`sum_partials`].
 pub(super) fn bias_gradient(dy: &[f32], n: usize) -> Vec<f32> {
-    let mut db = vec![0.0f32; n];
-    db.par_chunks_mut(BIAS_COLUMNS)
-        .enumerate()
-        .for_each(|(c, acc)| {
+    if n == 0 {
+        return Vec::new();
+    }
+    let partials: Vec<Vec<f32>> = dy
+        .par_chunks(bias_block_rows(n) * n)
+        .map(|block| {
             simd(
                 #[inline(always)]
                 || {
-                    let c0 = c * BIAS_COLUMNS;
-                    let width = acc.len();
-                    for row in dy.chunks_exact(n) {
-                        for (a, v) in acc.iter_mut().zip(&row[c0..c0 + width]) {
+                    let mut acc = vec![0.0f32; n];
+                    for row in block.chunks_exact(n) {
+                        for (a, v) in acc.iter_mut().zip(row) {
                             *a += v;
                         }
                     }
+                    acc
                 },
             )
-        });
+        })
+        .collect();
+    sum_partials(&partials, n)
+}
+
+/// The element-wise sum of `partials` (each `n` long), added in order.
+pub(super) fn sum_partials(partials: &[Vec<f32>], n: usize) -> Vec<f32> {
+    let mut db = vec![0.0f32; n];
+    for p in partials {
+        db.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
     db
 }
